@@ -1,0 +1,1 @@
+"""Shared machinery of the Grokfast reproduction suite: config, engine, metrics, plots, tasks."""

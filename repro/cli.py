@@ -1,0 +1,24 @@
+"""Entry-point glue shared by main*.py: parse the config, train, turn UserError into one line + exit 2."""
+import sys
+
+from repro.config import load_config
+from repro.errors import UserError
+
+
+def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        cfg = load_config(config_cls, argv, description)
+        from repro.engine import Trainer  # after parsing, so `--help` and flag errors are instant
+        trainer = Trainer(cfg, task_cls, argv)
+        summary = trainer.run()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    keys = ("steps", "steps_to_95", "time_to_95_s", "best_val_acc", "min_val_loss", "train_step_ms",
+            "wall_per_step_ms", "peak_gpu_mem_mb")
+    print(f"{trainer.out_dir}: " + ", ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None))
+    if summary["stopped"].startswith("interrupted"):
+        print(f"interrupted: resume with the same command plus --resume", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,228 @@
+"""Experiment configuration: task defaults <- YAML file <- command-line flags, into a frozen dataclass.
+
+Unknown keys and wrong types are errors that name the key (nanoGPT's configurator, made strict).
+Flag names follow the reference scripts (`--filter ema --alpha 0.98 --lamb 2.0 --weight_decay 0.005`).
+"""
+import argparse
+import math
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+import yaml
+
+from repro.errors import UserError
+
+FILTERS = ("none", "ema", "ma")
+OPTIMIZERS = ("Adam", "AdamW", "SGD")
+FILTER_TYPES = ("mean", "sum")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Options every experiment shares. Tasks subclass this and add (or re-default) their own."""
+
+    task: str = ""
+    label: str = ""
+    seed: int = 0
+    # optimisation
+    budget: int = 300_000  # optimisation steps
+    batch_size: int = 512
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.98
+    weight_decay: float = 0.0
+    optimizer: str = "Adam"  # torch.optim.Adam couples L2 decay into the gradient; AdamW decouples it
+    momentum: float = 0.0  # SGD only (the reviewers' heavy-ball baseline)
+    warmup_steps: int = 0  # linear LR warm-up; the reference's factor is min(update / warmup, 1) from update 0
+    clip_grad_norm: float = 0.0  # 0 = off; clipping happens before the filter, as in the reference
+    # Grokfast filter
+    filter: str = "none"
+    alpha: float = 0.98
+    window_size: int = 100
+    lamb: float = 2.0
+    filter_type: str = "mean"
+    two_stage: bool = False  # MA only: the filter is off for the first 500 steps (reference ablation)
+    # run control
+    device: str = "auto"
+    data_dir: str = ""  # empty: $GROKFAST_DATA_DIR, else data/
+    results_dir: str = "results"
+    out_dir: str = ""  # empty: <results_dir>/<task>/<run name>
+    max_steps: int = 0  # cap on the budget, for smoke runs; 0 = no cap
+    early_stop_acc: float = 0.0  # stop once val acc >= this ...
+    early_stop_patience: int = 0  # ... for this many consecutive evaluations; 0 = never stop early
+    log_every_evals: int = 50  # evaluations buffered on the device between host syncs
+    checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
+    resume: bool = False
+    on_nonfinite: str = "stop"
+    progress: bool = True
+
+    # reference flag spellings -> our field names; tasks extend this
+    ALIASES: ClassVar[dict] = {}
+
+    def validate(self) -> None:
+        """Raise UserError for values no run can use (like torch.optim's __init__ checks)."""
+        checks = [
+            (self.budget >= 1, "budget must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive finite number"),
+            (0.0 <= self.beta1 < 1.0, "beta1 must be in [0, 1)"),
+            (0.0 <= self.beta2 < 1.0, "beta2 must be in [0, 1)"),
+            (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay must be >= 0"),
+            (self.momentum >= 0, "momentum must be >= 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.clip_grad_norm >= 0, "clip_grad_norm must be >= 0 (0 = off)"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.filter in FILTERS, f"filter must be one of {', '.join(FILTERS)}"),
+            (0.0 <= self.alpha < 1.0, "alpha must be in [0, 1)"),
+            (self.window_size >= 1, "window_size must be >= 1"),
+            (math.isfinite(self.lamb), "lamb must be finite"),
+            (self.filter_type in FILTER_TYPES, f"filter_type must be one of {', '.join(FILTER_TYPES)}"),
+            (self.max_steps >= 0, "max_steps must be >= 0"),
+            (0.0 <= self.early_stop_acc <= 1.0, "early_stop_acc must be in [0, 1]"),
+            (self.early_stop_patience >= 0, "early_stop_patience must be >= 0"),
+            (self.log_every_evals >= 1, "log_every_evals must be >= 1"),
+            (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
+            (self.on_nonfinite in NONFINITE_POLICIES, f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}"),
+            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
+             "device must be auto, cpu or cuda[:N]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(f"invalid config: {message}")
+
+    @property
+    def steps(self) -> int:
+        """Steps this run will take: the budget, capped by --max_steps."""
+        return min(self.budget, self.max_steps) if self.max_steps else self.budget
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in user_fields(type(self))}
+
+
+def user_fields(cls) -> list:
+    return list(fields(cls))
+
+
+def _field_type(f) -> type:
+    # `from __future__ import annotations` is not used, so f.type is the class itself
+    return f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}[f.type]
+
+
+def coerce(key: str, value: Any, kind: type) -> Any:
+    """Convert a YAML or flag value to the field's type, or raise UserError naming the key."""
+    def bad() -> UserError:
+        return UserError(f"config key '{key}' must be {kind.__name__}, got {value!r}")
+
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise bad()
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if isinstance(value, bool):  # bool is an int subclass; never accept it as a number
+        raise bad()
+    if isinstance(value, str):  # flags, and YAML 1.1 reads `1e-3` as a string
+        try:
+            value = float(value) if kind is float or not value.lstrip("+-").isdigit() else int(value)
+        except ValueError:
+            raise bad() from None
+    if kind is float and isinstance(value, (int, float)):
+        return float(value)
+    if kind is int and isinstance(value, (int, float)):
+        if isinstance(value, float) and not value.is_integer():  # `3e5` is an int, `2.5` is not
+            raise bad()
+        return int(value)
+    raise bad()
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of key: value")
+    return data
+
+
+def merge(cls, overrides: Mapping[str, Any], source: str = "config") -> dict:
+    """Check `overrides` against the fields of `cls` (aliases resolved), returning typed values."""
+    known = {f.name: f for f in user_fields(cls)}
+    aliases = cls.ALIASES
+    typed = {}
+    for key, value in overrides.items():
+        name = aliases.get(key, key)
+        if name not in known:
+            raise UserError(f"unknown {source} key '{key}' for task {cls.task or cls.__name__}")
+        typed[name] = coerce(key, value, _field_type(known[name]))
+    return typed
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2 via UserError, not argparse's usage dump
+        raise UserError(f"bad command line: {message}")
+
+
+def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
+    parser.add_argument("--config", help="YAML file of overrides (flags override it)")
+    aliases = {}
+    for alias, name in cls.ALIASES.items():
+        aliases.setdefault(name, []).append(alias)
+    for f in user_fields(cls):
+        if f.name == "task":
+            continue
+        names = [f"--{f.name}"] + [f"--{a}" for a in aliases.get(f.name, [])]
+        kind = _field_type(f)
+        default = f.default
+        if kind is bool:  # `--two_stage` or `--two_stage false`
+            parser.add_argument(*names, dest=f.name, nargs="?", const="true", metavar="BOOL",
+                                help=f"(default {default})")
+        else:
+            parser.add_argument(*names, dest=f.name, metavar=kind.__name__.upper(), help=f"(default {default})")
+    return parser
+
+
+def load_config(cls, argv: list[str] | None = None, description: str = ""):
+    """defaults of `cls` <- --config YAML <- flags; validated; raises UserError on any problem."""
+    args = vars(build_parser(cls, description).parse_args(sys.argv[1:] if argv is None else argv))
+    config_path = args.pop("config", None)
+    values = merge(cls, read_yaml(config_path), source=f"config file {config_path}") if config_path else {}
+    values.update(merge(cls, args, source="flag"))
+    values.pop("task", None)
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def run_name(cfg: Config, task_part: str) -> str:
+    """A folder name from the hyperparameters that matter; `:g` keeps 0.1 and 0.5 apart."""
+    parts = [task_part]
+    if cfg.filter == "ema":
+        parts.append(f"ema_a{cfg.alpha:g}_l{cfg.lamb:g}")
+    elif cfg.filter == "ma":
+        parts.append(f"ma_w{cfg.window_size}_l{cfg.lamb:g}" + ("_sum" if cfg.filter_type == "sum" else "")
+                     + ("_2stage" if cfg.two_stage else ""))
+    else:
+        parts.append("none")
+    parts.append(f"{cfg.optimizer.lower()}_lr{cfg.lr:g}_wd{cfg.weight_decay:g}")
+    if cfg.optimizer == "SGD" and cfg.momentum:
+        parts.append(f"m{cfg.momentum:g}")
+    if cfg.label:
+        parts.append(cfg.label)
+    parts.append(f"s{cfg.seed}")
+    return "_".join(parts)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,32 @@
+"""Where datasets are read from and where derived caches are written."""
+import os
+from pathlib import Path
+
+DATA_DIR_ENV = "GROKFAST_DATA_DIR"
+CACHE_DIR_ENV = "GROKFAST_CACHE_DIR"
+DEFAULT_DATA_DIR = "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The explicit value (flag / config) wins, then $GROKFAST_DATA_DIR, then `data/`."""
+    if data_dir:
+        return Path(data_dir)
+    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+
+
+def cache_dir(data_dir: str | os.PathLike, name: str) -> Path:
+    """A writable folder for derived files (decompressed idx files, token tensors, processed graphs).
+
+    $GROKFAST_CACHE_DIR if set; else `<data_dir>/cache/<name>` when the data dir is writable
+    (the shared data copy is read-only, and originals are never modified); else
+    `~/.cache/grokfast-repro/<name>`.
+    """
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        path = Path(env) / name
+    elif os.access(data_dir, os.W_OK):
+        path = Path(data_dir) / "cache" / name
+    else:
+        path = Path.home() / ".cache" / "grokfast-repro" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

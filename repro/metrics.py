@@ -1,0 +1,134 @@
+"""Run records: the header (commit, versions, device), metrics.jsonl, summary.json, and their arithmetic."""
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+THRESHOLDS = (0.85, 0.90, 0.95)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def git_commit() -> str:
+    """The commit of this checkout, with '-dirty' if tracked files differ; 'unknown' outside git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def run_header(device: torch.device, argv: list[str] | None = None) -> dict:
+    """Everything needed to say where a number came from."""
+    import numpy
+
+    header = {
+        "git_commit": git_commit(),
+        "command": " ".join([Path(sys.argv[0]).name] + list(sys.argv[1:] if argv is None else argv)),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "numpy": numpy.__version__,
+        "device": device_name(device),
+        "hostname_kind": platform.system(),
+    }
+    try:
+        import torch_geometric
+        header["torch_geometric"] = torch_geometric.__version__
+    except ImportError:
+        pass
+    return header
+
+
+def first_step_reaching(records: list[dict], key: str, threshold: float) -> dict | None:
+    """The first record whose `key` is >= threshold, or None: the paper's 'iterations to 95%'."""
+    for record in records:
+        value = record.get(key)
+        if value is not None and value >= threshold:
+            return record
+    return None
+
+
+def _best(records: list[dict], key: str, pick) -> float | None:
+    values = [r[key] for r in records if r.get(key) is not None and math.isfinite(r[key])]
+    return pick(values) if values else None
+
+
+def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: float | None,
+              peak_gpu_mem_mb: float | None, device: str, stopped: str) -> dict:
+    """The common summary fields; tasks add their own table metrics beside these."""
+    summary = {"steps": steps, "stopped": stopped, "device": device}
+    for threshold in THRESHOLDS:
+        hit = first_step_reaching(records, "val_acc", threshold)
+        tag = f"{round(threshold * 100)}"
+        summary[f"steps_to_{tag}"] = hit["step"] if hit else None
+        summary[f"time_to_{tag}_s"] = hit["elapsed_s"] if hit else None
+    summary.update(
+        best_val_acc=_best(records, "val_acc", max),
+        min_val_loss=_best(records, "val_loss", min),
+        final_val_acc=records[-1].get("val_acc") if records else None,
+        final_train_acc=records[-1].get("train_acc") if records else None,
+        wall_s=wall_s,
+        train_step_ms=train_step_ms,
+        wall_per_step_ms=1000.0 * wall_s / steps if steps else None,
+        peak_gpu_mem_mb=peak_gpu_mem_mb,
+    )
+    return summary
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Complete lines only: a line cut by a crash is ignored, not an error."""
+    records = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return records
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl: one JSON object per evaluation, flushed line by line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.records: list[dict] = read_jsonl(path)
+
+    def append(self, records: list[dict]) -> None:
+        with self.path.open("a") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(records)
+
+    def truncate_to(self, count: int) -> None:
+        """Keep the first `count` records (a resume drops what came after its checkpoint)."""
+        self.records = self.records[:count]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))

@@ -1,0 +1,71 @@
+"""What the engine needs from a task, and the shared deterministic batch sampler.
+
+A task owns its data (already on the device), its model, its loss and its metrics. The engine owns
+everything else: optimizer, warm-up, clipping, the Grokfast filter, logging, checkpoints.
+"""
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Task:
+    """Interface every task implements (see tasks/modular.py for the reference implementation)."""
+
+    name: str = ""
+    model: nn.Module
+
+    def train_batch(self, step: int) -> Any:
+        """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no
+        data-loader state."""
+        raise NotImplementedError
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        """Scalar training loss of `batch` (the engine calls backward on it)."""
+        raise NotImplementedError
+
+    def is_eval_step(self, step: int) -> bool:
+        """Whether to evaluate after `step` updates (1-based)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, torch.Tensor]:
+        """0-dim device tensors (train_loss, train_acc, val_loss, val_acc, ...). No host sync here:
+        the engine buffers them and copies many at once."""
+        raise NotImplementedError
+
+    def table_metrics(self, records: list[dict]) -> dict:
+        """Task-specific summary fields beside the common ones."""
+        return {}
+
+    def run_name_part(self) -> str:
+        return self.name
+
+
+class EpochBatches:
+    """Index batches of a shuffled epoch, like a DataLoader(shuffle=True, drop_last=False).
+
+    Epoch e's permutation comes from a generator seeded with (seed, e), so the batch of any step
+    is known without replaying earlier steps; the current epoch's permutation is cached.
+    """
+
+    def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
+        self.n, self.batch_size, self.seed, self.device = num_examples, batch_size, seed, device
+        self.batches_per_epoch = -(-num_examples // batch_size)
+        self._epoch, self._perm = -1, None
+        self._generator = torch.Generator(device=device)
+
+    def __call__(self, step: int) -> torch.Tensor:
+        epoch, index = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._generator.manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = torch.randperm(self.n, generator=self._generator, device=self.device)
+            self._epoch = epoch
+        return self._perm[index * self.batch_size:(index + 1) * self.batch_size]
+
+
+def scale_parameters_(model: nn.Module, factor: float) -> None:
+    """Multiply every initial parameter by `factor` (Omnigrok's large-init trick used by the paper)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(factor)

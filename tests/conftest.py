@@ -1,0 +1,33 @@
+"""Shared fixtures: the real data folder, and a throw-away cache folder for the whole session."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory):
+    """Point $GROKFAST_CACHE_DIR at a session temp folder so tests never write into the repo or home."""
+    old = os.environ.get("GROKFAST_CACHE_DIR")
+    os.environ["GROKFAST_CACHE_DIR"] = str(tmp_path_factory.mktemp("grokfast_cache"))
+    yield Path(os.environ["GROKFAST_CACHE_DIR"])
+    if old is None:
+        os.environ.pop("GROKFAST_CACHE_DIR", None)
+    else:
+        os.environ["GROKFAST_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real data: $GROKFAST_DATA_DIR, else <repo>/../shared/data; skipped when neither exists."""
+    env = os.environ.get("GROKFAST_DATA_DIR")
+    if env:
+        if not Path(env).is_dir():
+            pytest.skip(f"GROKFAST_DATA_DIR={env} is not a directory")
+        return Path(env)
+    shared = REPO.parent / "shared" / "data"
+    if shared.is_dir():
+        return shared
+    pytest.skip(f"no real data: set GROKFAST_DATA_DIR or provide {shared}")

@@ -1,0 +1,33 @@
+"""Steps-to-threshold and the summary arithmetic."""
+from repro.metrics import MetricsLog, first_step_reaching, read_jsonl, summarize
+
+
+def records(accs):
+    return [{"step": 10 * (i + 1), "val_acc": a, "val_loss": 1 - a, "elapsed_s": float(i)} for i, a in enumerate(accs)]
+
+
+def test_first_step_reaching_is_the_first_evaluation_at_or_above():
+    recs = records([0.1, 0.949, 0.95, 0.2, 0.99])
+    assert first_step_reaching(recs, "val_acc", 0.95)["step"] == 30
+    assert first_step_reaching(recs, "val_acc", 0.999) is None
+
+
+def test_summary_reports_not_reached_as_none_and_latency():
+    s = summarize(records([0.5, 0.86, 0.91]), steps=30, wall_s=3.0, train_step_ms=50.0,
+                  peak_gpu_mem_mb=None, device="cpu", stopped="budget")
+    assert (s["steps_to_85"], s["steps_to_90"], s["steps_to_95"]) == (20, 30, None)
+    assert s["time_to_95_s"] is None and s["time_to_90_s"] == 2.0
+    assert s["best_val_acc"] == 0.91 and abs(s["min_val_loss"] - 0.09) < 1e-12
+    assert s["final_val_acc"] == 0.91 and s["wall_per_step_ms"] == 100.0
+
+
+def test_metrics_log_appends_and_ignores_a_cut_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.append(records([0.1, 0.2]))
+    with path.open("a") as f:
+        f.write('{"step": 30, "val_ac')  # a crash mid-line
+    assert [r["step"] for r in read_jsonl(path)] == [10, 20]
+    log = MetricsLog(path)
+    log.truncate_to(1)
+    assert [r["step"] for r in read_jsonl(path)] == [10]
