@@ -58,6 +58,7 @@ class Config:
     resume: bool = False
     on_nonfinite: str = "stop"
     progress: bool = True
+    cuda_graphs: bool = True  # on CUDA, replay forward+backward (and evaluation) as CUDA graphs
 
     # reference flag spellings -> our field names; tasks extend this
     ALIASES: ClassVar[dict] = {}

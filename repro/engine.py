@@ -17,6 +17,7 @@ from grokfast import GradFilter
 from repro import checkpoint as ckpt
 from repro.config import Config, run_name, save_config
 from repro.errors import UserError
+from repro.graphs import GraphedEvaluate, GraphedTrainStep
 from repro.metrics import MetricsLog, atomic_write_text, run_header, summarize
 from repro.tasks.base import Task
 from repro.timing import Clock, StepTimer
@@ -34,14 +35,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def make_optimizer(cfg: Config, params: list, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, params: list, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
     fused = device.type == "cuda"  # one kernel for the whole update on the GPU
     if cfg.optimizer == "SGD":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                fused=fused or None)
     optimizer_cls = getattr(torch.optim, cfg.optimizer)
     return optimizer_cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                         fused=fused or None)
+                         fused=fused or None, capturable=fused and capturable)
 
 
 def make_filter(cfg: Config, model: torch.nn.Module) -> GradFilter | None:
@@ -69,9 +70,13 @@ class Trainer:
         self.task: Task = task_cls(cfg, self.device)
         self.model = self.task.model
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(cfg, self.params, self.device)
+        self.optimizer = make_optimizer(cfg, self.params, self.device, capturable=cfg.cuda_graphs)
         self.filter = make_filter(cfg, self.model)
         self.out_dir = out_dir_for(cfg, self.task)
+        graphs = cfg.cuda_graphs and self.device.type == "cuda"
+        self.use_graphs = graphs and self.task.graph_safe_loss and cfg.on_nonfinite != "skip"
+        self.graphed_step, self.eager_step_done = None, False
+        self.graphed_eval = GraphedEvaluate(self.task.evaluate) if graphs and self.task.graph_safe_eval else None
         self.total_steps = cfg.steps
         self.step = 0
         self.stopped = "budget"
@@ -132,27 +137,43 @@ class Trainer:
         ckpt.save(self._state(), self.out_dir / ckpt.FILENAME)
 
     # ---- the loop ---------------------------------------------------------------------------
+    def _phases(self) -> list:
+        """What follows backward, in the paper's order: clip, filter, optimizer step; each with
+        whether it may be captured in a CUDA graph (see repro/graphs.py)."""
+        cfg, phases = self.cfg, []
+        if cfg.clip_grad_norm:
+            phases.append((lambda: torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm, foreach=True),
+                           True))
+        if self.filter:
+            phases.append((self.filter.step, self.filter.kind == "ema" and not cfg.two_stage))
+        phases.append((self.optimizer.step, cfg.optimizer in ("Adam", "AdamW")))
+        return phases
+
     def _train_step(self, step: int) -> torch.Tensor:
         cfg = self.cfg
-        if step < cfg.warmup_steps:
+        if step <= cfg.warmup_steps:  # from update warmup_steps on the lr is constant (graphs rely on it)
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * warmup_factor(cfg, step)
-        elif step == cfg.warmup_steps:
-            for group in self.optimizer.param_groups:
-                group["lr"] = cfg.lr
-        loss = self.task.loss(self.task.train_batch(step))
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.filter and cfg.two_stage:
+            self.filter.enabled = step >= TWO_STAGE_STEPS
+        batch = self.task.train_batch(step)
+        if self.use_graphs and step > cfg.warmup_steps and self.eager_step_done:
+            if self.graphed_step is None:  # after an eager step: lazy state exists, grads have addresses
+                self.graphed_step = GraphedTrainStep(self.task.loss, [p for p in self.params if p.grad is not None],
+                                                     self._phases())
+            return self.graphed_step(batch)
+        self.optimizer.zero_grad(set_to_none=not self.use_graphs)  # graphs need fixed .grad tensors
+        loss = self.task.loss(batch)
         loss.backward()
+        phases = self._phases()
         if cfg.clip_grad_norm:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm, foreach=True)
+            phases.pop(0)[0]()
         if cfg.on_nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync per step, opt-in
             self.skipped_steps += 1
             return loss.detach()
-        if self.filter:
-            if cfg.two_stage:
-                self.filter.enabled = step >= TWO_STAGE_STEPS
-            self.filter.step()
-        self.optimizer.step()
+        for fn, _ in phases:
+            fn()
+        self.eager_step_done = True
         return loss.detach()
 
     def _flush(self) -> None:
@@ -234,7 +255,8 @@ class Trainer:
             self.timer.end(begin)
             self.step += 1
             if self.task.is_eval_step(self.step) or self.step == self.total_steps:
-                self.pending_evals.append((self.step, self.task.evaluate(self.step), self.clock.mark()))
+                evaluate = self.graphed_eval or self.task.evaluate
+                self.pending_evals.append((self.step, evaluate(self.step), self.clock.mark()))
             at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
             if (len(self.pending_evals) >= cfg.log_every_evals or at_checkpoint or self.interrupted
                     or self.step == self.total_steps or time.monotonic() - self.last_flush > FLUSH_SECONDS):

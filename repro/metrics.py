@@ -1,4 +1,5 @@
 """Run records: the header (commit, versions, device), metrics.jsonl, summary.json, and their arithmetic."""
+import importlib.metadata
 import json
 import math
 import os
@@ -57,11 +58,11 @@ def run_header(device: torch.device, argv: list[str] | None = None) -> dict:
         "device": device_name(device),
         "hostname_kind": platform.system(),
     }
-    try:
-        import torch_geometric
-        header["torch_geometric"] = torch_geometric.__version__
-    except ImportError:
-        pass
+    for package in ("torch_geometric", "torchvision", "rdkit"):  # versions without importing them
+        try:
+            header[package] = importlib.metadata.version(package.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return header
 
 

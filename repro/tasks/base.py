@@ -14,6 +14,10 @@ class Task:
 
     name: str = ""
     model: nn.Module
+    # True when loss(batch) / evaluate(step) are fixed computations with no host sync, so the engine
+    # may capture them as CUDA graphs (per batch shape)
+    graph_safe_loss: bool = False
+    graph_safe_eval: bool = False
 
     def train_batch(self, step: int) -> Any:
         """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no

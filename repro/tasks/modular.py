@@ -105,6 +105,7 @@ class Decoder(nn.Module):
 
 class ModularTask(Task):
     name = "modular"
+    graph_safe_loss = graph_safe_eval = True
 
     def __init__(self, cfg: ModularConfig, device: torch.device):
         self.cfg = cfg
