@@ -59,6 +59,7 @@ class Config:
     on_nonfinite: str = "stop"
     progress: bool = True
     cuda_graphs: bool = True  # on CUDA, replay forward+backward (and evaluation) as CUDA graphs
+    compile: bool = False  # torch.compile the task's loss (worth it for long runs)
 
     # reference flag spellings -> our field names; tasks extend this
     ALIASES: ClassVar[dict] = {}

@@ -73,6 +73,8 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.params, self.device, capturable=cfg.cuda_graphs)
         self.filter = make_filter(cfg, self.model)
         self.out_dir = out_dir_for(cfg, self.task)
+        if cfg.compile:  # fuses the many tiny kernels of these small models; compiles at the first step
+            self.task.loss = torch.compile(self.task.loss)
         graphs = cfg.cuda_graphs and self.device.type == "cuda"
         self.use_graphs = graphs and self.task.graph_safe_loss and cfg.on_nonfinite != "skip"
         self.graphed_step, self.eager_step_done = None, False
@@ -180,6 +182,7 @@ class Trainer:
         """Copy buffered device results to the host; write metrics; check stop conditions."""
         self.clock.sync()
         self.timer.collect()
+        self.eval_timer.collect()
         losses = torch.stack(self.pending_losses).cpu() if self.pending_losses else torch.zeros(0)
         first_step = self.step - len(self.pending_losses)
         bad = (~torch.isfinite(losses)).nonzero()
@@ -187,19 +190,20 @@ class Trainer:
             self.nonfinite_step = first_step + int(bad[0]) + 1
         self.pending_losses.clear()
         if self.pending_evals:
-            names = list(self.pending_evals[0][1])
-            values = torch.stack([torch.stack([v[n].float() for n in names])
-                                  for _, v, _ in self.pending_evals]).cpu().tolist()
-            records = []
-            for (step, _, mark), row in zip(self.pending_evals, values):
-                record = {"step": step, **dict(zip(names, row)),
-                          "elapsed_s": round(self.elapsed_offset_s + self.clock.seconds_since_start(mark), 4)}
+            # one device->host copy for all buffered evaluations; key sets may differ between them
+            flat = torch.cat([torch.stack([v.float() for v in ev.values()]) for _, ev, _ in self.pending_evals])
+            flat = flat.cpu().tolist()
+            records, offset = [], 0
+            for step, ev, mark in self.pending_evals:
+                row = dict(zip(ev, flat[offset:offset + len(ev)]))
+                offset += len(ev)
                 if self.nonfinite_step is not None and step >= self.nonfinite_step:
                     break
-                records.append(record)
+                records.append({"step": step, **row,
+                                "elapsed_s": round(self.elapsed_offset_s + self.clock.seconds_since_start(mark), 4)})
             self.log.append(records)
             self.pending_evals.clear()
-            self._check_early_stop()
+            self._check_early_stop(records)
             if self.progress is not None and self.log.records:
                 last = self.log.records[-1]
                 self.progress.set_postfix_str(
@@ -208,15 +212,16 @@ class Trainer:
             self.progress.update(self.step - self.progress.n)
         self.last_flush = time.monotonic()
 
-    def _check_early_stop(self) -> None:
+    def _check_early_stop(self, new_records: list[dict]) -> None:
+        """Stop once val_acc has held >= early_stop_acc for early_stop_patience evaluations in a row."""
         cfg = self.cfg
         if not cfg.early_stop_patience or not cfg.early_stop_acc:
             return
-        streak = 0
-        for record in self.log.records:
-            streak = streak + 1 if record.get("val_acc", 0.0) >= cfg.early_stop_acc else 0
-            if streak >= cfg.early_stop_patience:
-                self.stopped = f"early_stop: val_acc >= {cfg.early_stop_acc:g} for {streak} evaluations"
+        for record in new_records:
+            self.streak = self.streak + 1 if record.get("val_acc", 0.0) >= cfg.early_stop_acc else 0
+            if self.streak >= cfg.early_stop_patience:
+                self.stopped = (f"early_stop: val_acc >= {cfg.early_stop_acc:g} for {self.streak} "
+                                f"evaluations at step {record['step']}")
                 return
 
     def _on_signal(self, signum, frame) -> None:
@@ -229,11 +234,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.clock = Clock(self.device)
-        self.timer = StepTimer(self.clock)
+        self.timer, self.eval_timer = StepTimer(self.clock), StepTimer(self.clock)
         if hasattr(self, "_resumed_timer"):
             self.timer.total_s, self.timer.count = self._resumed_timer
         self.pending_losses, self.pending_evals = [], []
         self.nonfinite_step, self.interrupted, self.skipped_steps = None, None, 0
+        self.streak = 0
+        self._check_early_stop(self.log.records)  # a resumed run continues its streak
         self.last_flush = time.monotonic()
         self.progress = tqdm(total=self.total_steps, initial=self.step, desc=self.out_dir.name,
                              disable=not cfg.progress, dynamic_ncols=True, mininterval=1.0)
@@ -256,7 +263,9 @@ class Trainer:
             self.step += 1
             if self.task.is_eval_step(self.step) or self.step == self.total_steps:
                 evaluate = self.graphed_eval or self.task.evaluate
+                begin = self.eval_timer.begin()
                 self.pending_evals.append((self.step, evaluate(self.step), self.clock.mark()))
+                self.eval_timer.end(begin)
             at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
             if (len(self.pending_evals) >= cfg.log_every_evals or at_checkpoint or self.interrupted
                     or self.step == self.total_steps or time.monotonic() - self.last_flush > FLUSH_SECONDS):
@@ -285,6 +294,7 @@ class Trainer:
                    "filter": self.cfg.filter}
         summary.update(summarize(records, self.step, wall_s, self.timer.mean_ms, peak,
                                  self.log_device_name(), self.stopped))
+        summary["eval_ms"] = self.eval_timer.mean_ms  # mean time of one evaluation (this segment)
         if self.skipped_steps:
             summary["skipped_nonfinite_steps"] = self.skipped_steps
         summary.update(self.task.table_metrics(records))

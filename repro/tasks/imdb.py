@@ -1,0 +1,204 @@
+"""IMDb sentiment with a 2-layer LSTM (the paper's IMDb table; the reference's main_imdb.py).
+
+Data: the first `num_reviews` (1000) reviews, stratified 75/25 split (750 train / 250 val), the
+`vocab_size` most frequent non-stop words (index 0 = padding), left-padded / cut to `seq_len` (500);
+see repro/data/imdb.py. Model: embedding 64 -> LSTM(64 -> 256, 2 layers, batch_first) from a zero
+hidden state -> the last time step's output -> Linear(256, 1) -> sigmoid, BCE loss; every initial
+parameter x6 (`init_scale`). AdamW lr 3e-4 (default betas 0.9, 0.999), weight decay 1.0, batch 50,
+gradient-norm clipping at 5.0 before the filter, 10k updates.
+
+Two kinds of validation, both logged:
+- `val_batch_acc` / `val_batch_loss` (every step): the reference's protocol, one random batch of 50
+  validation reviews after each update (`next(iter(valid_loader))` with shuffle=True: 50 distinct
+  reviews). The paper's IMDb "best val acc / min val loss" are the max / min of these noisy values.
+- `val_acc` / `val_loss` / `train_acc` / `train_loss` (at step 1, every `eval_every` steps and the
+  last step): the whole validation (250) and training (750) splits. Records of other steps lack
+  these keys (the engine allows key sets to differ between evaluations).
+"""
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.config import Config
+from repro.data.imdb import load_imdb
+from repro.data.paths import resolve_data_dir
+from repro.errors import UserError
+from repro.tasks.base import EpochBatches, Task, scale_parameters_
+
+VAL_SEED_OFFSET = 1 << 48  # keeps the validation-batch generator's seeds apart from EpochBatches'
+
+
+@dataclass(frozen=True)
+class ImdbConfig(Config):
+    task: str = "imdb"
+    num_reviews: int = 1000  # the reference's --size: the first rows of the CSV
+    vocab_size: int = 1000
+    seq_len: int = 500
+    embedding_dim: int = 64
+    hidden_dim: int = 256
+    num_layers: int = 2
+    init_scale: float = 6.0  # every initial parameter multiplied by this (1.0: no grokking)
+    # the reference's defaults: AdamW(lr 3e-4, default betas), wd 1.0, batch 50, clip 5.0, 10k steps
+    budget: int = 10_000
+    batch_size: int = 50
+    lr: float = 3e-4
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 1.0
+    optimizer: str = "AdamW"
+    clip_grad_norm: float = 5.0
+    warmup_steps: int = 0
+    eval_every: int = 50  # whole-split evaluation grid (plus step 1 and the last step)
+
+    ALIASES: ClassVar[dict] = {"iterations": "budget", "gradient_clip": "clip_grad_norm", "size": "num_reviews"}
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_reviews < 8:
+            raise UserError("invalid config: num_reviews must be >= 8")
+        if self.vocab_size < 1 or self.seq_len < 1:
+            raise UserError("invalid config: vocab_size and seq_len must be >= 1")
+        if self.embedding_dim < 1 or self.hidden_dim < 1 or self.num_layers < 1:
+            raise UserError("invalid config: embedding_dim, hidden_dim and num_layers must be >= 1")
+        if not (self.init_scale > 0 and self.init_scale < float("inf")):
+            raise UserError("invalid config: init_scale must be a positive finite number")
+        if self.eval_every < 1:
+            raise UserError("invalid config: eval_every must be >= 1")
+
+
+class SentimentLSTM(nn.Module):
+    """The reference's SentimentRNN (drop_prob=0.0, so its identity dropout is left out).
+
+    The reference applies fc + sigmoid to every time step and keeps the last; applying them to the
+    last step only gives the same numbers. Parameter names match the reference's (embedding, lstm, fc).
+    """
+
+    def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_dim: int = 256, num_layers: int = 2):
+        super().__init__()
+        self.hidden_dim, self.num_layers = hidden_dim, num_layers
+        self.embedding = nn.Embedding(vocab_size, embedding_dim)
+        self.lstm = nn.LSTM(embedding_dim, hidden_dim, num_layers=num_layers, batch_first=True)
+        self.fc = nn.Linear(hidden_dim, 1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, seq) token ids -> (batch,) probabilities of 'positive'."""
+        batch = tokens.shape[0]
+        # the reference's init_hidden: zero (h0, c0) for every batch
+        zeros = torch.zeros(self.num_layers, batch, self.hidden_dim, device=tokens.device)
+        out, _ = self.lstm(self.embedding(tokens), (zeros, zeros))
+        return torch.sigmoid(self.fc(out[:, -1])).squeeze(-1)
+
+
+def bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The reference's nn.BCELoss on sigmoid outputs (log clamped at -100; kept, not BCE-with-logits,
+    because with init x6 the sigmoid saturates and the two differ in value and gradient)."""
+    return F.binary_cross_entropy(prob, target, reduction=reduction)
+
+
+class ImdbTask(Task):
+    name = "imdb"
+    graph_safe_loss = True  # no dropout, no host sync: embedding + cuDNN LSTM + linear + BCE
+    graph_safe_eval = False  # a per-step re-seeded generator and a step-dependent grid
+
+    def __init__(self, cfg: ImdbConfig, device: torch.device):
+        self.cfg, self.device = cfg, device
+        data = load_imdb(resolve_data_dir(cfg.data_dir), num_reviews=cfg.num_reviews, vocab_size=cfg.vocab_size,
+                         seq_len=cfg.seq_len, seed=cfg.seed)
+        self.x_train, self.y_train = data["x_train"].to(device), data["y_train"].to(device)
+        self.x_val, self.y_val = data["x_val"].to(device), data["y_val"].to(device)
+        self.vocab_size = len(data["vocab"]) + 1  # + padding index 0, as the reference
+        n_train, n_val = len(self.y_train), len(self.y_val)
+        if cfg.batch_size > n_val:
+            raise UserError(f"invalid config: batch_size {cfg.batch_size} exceeds the {n_val} validation reviews "
+                            f"(the per-step validation batch has batch_size rows)")
+
+        torch.manual_seed(cfg.seed)  # model init
+        self.model = SentimentLSTM(self.vocab_size, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers).to(device)
+        scale_parameters_(self.model, cfg.init_scale)
+        # DataLoader(shuffle=True, batch_size=50), drop_last=False: 750 / 50 = 15 full batches an epoch
+        self.batches = EpochBatches(n_train, cfg.batch_size, cfg.seed, device)
+        self._val_generator = torch.Generator(device=device)
+        self.last_step = cfg.steps
+
+    # ---- training -----------------------------------------------------------------------------
+    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.batches(step)
+        return self.x_train[idx], self.y_train[idx]
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        tokens, target = batch
+        return bce(self.model(tokens), target)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def is_eval_step(self, step: int) -> bool:
+        return True  # the reference's random validation batch is taken after every update
+
+    def is_grid_step(self, step: int) -> bool:
+        """Whether evaluation after `step` updates also covers the whole train and validation splits."""
+        return step == 1 or step % self.cfg.eval_every == 0 or step == self.last_step
+
+    def val_batch_indices(self, step: int) -> torch.Tensor:
+        """The reference's `next(iter(valid_loader))`: batch_size distinct validation rows drawn afresh,
+        here from a generator seeded with (seed, step), so it is deterministic and resumable."""
+        self._val_generator.manual_seed(self.cfg.seed * 1_000_003 + step + VAL_SEED_OFFSET)
+        perm = torch.randperm(len(self.y_val), generator=self._val_generator, device=self.device)
+        return perm[:self.cfg.batch_size]
+
+    def _metrics(self, tokens: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean BCE, accuracy) over `tokens`, in chunks of batch_size rows so that evaluation never
+        needs more memory than a training step (the LSTM keeps every time step's output)."""
+        losses, correct = [], []
+        for start in range(0, len(target), self.cfg.batch_size):
+            prob = self.model(tokens[start:start + self.cfg.batch_size])
+            y = target[start:start + self.cfg.batch_size]
+            losses.append(bce(prob, y, reduction="sum"))
+            correct.append(((prob > 0.5).float() == y).sum())  # = torch.round(prob) == y, as the reference
+        n = len(target)
+        return torch.stack(losses).sum() / n, torch.stack(correct).sum() / n
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, torch.Tensor]:
+        was_training = self.model.training
+        self.model.eval()
+        idx = self.val_batch_indices(step)
+        val_batch_loss, val_batch_acc = self._metrics(self.x_val[idx], self.y_val[idx])
+        out = {"val_batch_loss": val_batch_loss, "val_batch_acc": val_batch_acc}
+        if self.is_grid_step(step):
+            train_loss, train_acc = self._metrics(self.x_train, self.y_train)
+            val_loss, val_acc = self._metrics(self.x_val, self.y_val)
+            out.update(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc)
+        self.model.train(was_training)
+        return out
+
+    def table_metrics(self, records: list[dict]) -> dict:
+        """The paper's IMDb table: best val acc / min val loss, by the reference's per-step batch of
+        50 (`*_val_batch_*`) and on the whole validation split."""
+        def pick(key, fn):
+            values = [r[key] for r in records if isinstance(r.get(key), (int, float)) and r[key] == r[key]
+                      and abs(r[key]) != float("inf")]
+            return fn(values) if values else None
+
+        grid = [r for r in records if "val_acc" in r]
+        return {
+            "best_val_batch_acc": pick("val_batch_acc", max),
+            "min_val_batch_loss": pick("val_batch_loss", min),
+            "best_val_acc": pick("val_acc", max),
+            "min_val_loss": pick("val_loss", min),
+            "final_val_acc": grid[-1]["val_acc"] if grid else None,
+        }
+
+    def run_name_part(self) -> str:
+        cfg = self.cfg
+        part = f"imdb_n{cfg.num_reviews}_init{cfg.init_scale:g}"
+        if cfg.seq_len != 500:
+            part += f"_L{cfg.seq_len}"
+        if cfg.vocab_size != 1000:
+            part += f"_v{cfg.vocab_size}"
+        return part
+
+
+CONFIG = ImdbConfig
+TASK = ImdbTask

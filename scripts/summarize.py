@@ -1,0 +1,184 @@
+"""Turn the run folders under results/ into the paper's tables and figures (results/README.md).
+
+Every number comes from a run folder (summary.json, metrics.jsonl); the paper's figures come from
+scripts/tables.yaml and sit in their own column. Runs are grouped by task and --label.
+
+    python scripts/summarize.py                       # results/ -> results/README.md + results/figures/
+    python scripts/summarize.py --thresholds 0.85 0.9 0.95 --results results --out results/README.md
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from repro.metrics import first_step_reaching, read_jsonl  # noqa: E402
+from repro.plots import plot_groups  # noqa: E402
+
+TABLES_SPEC = Path(__file__).with_name("tables.yaml")
+
+
+def relpath(path: Path, start: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
+
+
+def load_runs(results: Path) -> list[dict]:
+    """One dict per finished run folder: its summary, config, records and path."""
+    runs = []
+    for summary_path in sorted(results.glob("*/*/summary.json")):
+        folder = summary_path.parent
+        config_path = folder / "config.yaml"
+        if not config_path.exists():
+            continue
+        runs.append({"dir": folder, "summary": json.loads(summary_path.read_text()),
+                     "config": yaml.safe_load(config_path.read_text()),
+                     "records": read_jsonl(folder / "metrics.jsonl")})
+    return runs
+
+
+def steps_to(run: dict, threshold: float) -> tuple[float, bool]:
+    """(first step with val_acc >= threshold, reached?); not reached gives the steps run."""
+    hit = first_step_reaching(run["records"], "val_acc", threshold)
+    return (hit["step"], True) if hit else (run["summary"]["steps"], False)
+
+
+def time_to(run: dict, threshold: float) -> tuple[float, bool]:
+    hit = first_step_reaching(run["records"], "val_acc", threshold)
+    return (hit["elapsed_s"], True) if hit else (run["summary"]["wall_s"], False)
+
+
+def fmt(x: float | None) -> str:
+    if x is None:
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 0.1:
+        return f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def aggregate(values: list[tuple[float, bool]]) -> dict:
+    """mean ± std over seeds; a value not reached counts as its budget, and the mean is then a bound."""
+    xs = [v for v, _ in values]
+    all_reached = all(ok for _, ok in values)
+    return {"mean": statistics.mean(xs) if xs else None,
+            "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
+            "n": len(xs), "reached": sum(ok for _, ok in values), "all_reached": all_reached,
+            "per_seed": values}
+
+
+def cell(agg: dict) -> str:
+    if not agg["n"]:
+        return "no runs"
+    bound = "" if agg["all_reached"] else "> "
+    text = f"{bound}{fmt(agg['mean'])} ± {fmt(agg['std'])} (n={agg['n']})"
+    if not agg["all_reached"]:
+        text += f", {agg['reached']}/{agg['n']} reached"
+    seeds = ", ".join(("" if ok else ">") + fmt(v) for v, ok in agg["per_seed"])
+    return f"{text}<br><sub>{seeds}</sub>"
+
+
+def metric_columns(kind: str, thresholds: list[float]) -> list[tuple[str, str, callable]]:
+    """(column title, paper key, run -> (value, reached))."""
+    def summary_key(key):
+        return lambda run: (run["summary"].get(key), run["summary"].get(key) is not None)
+
+    common = [("peak GPU MB", "peak_gpu_mem_mb", summary_key("peak_gpu_mem_mb")),
+              ("ms / iteration (wall)", "wall_per_step_ms", summary_key("wall_per_step_ms")),
+              ("ms / train step", "train_step_ms", summary_key("train_step_ms"))]
+    if kind == "accuracy":
+        cols = [(f"steps to {t:.0%}", "steps_to_95" if round(t * 100) == 95 else "",
+                 (lambda t: lambda run: steps_to(run, t))(t)) for t in thresholds]
+        cols.append(("wall s to 95%", "time_to_95_s", lambda run: time_to(run, 0.95)))
+        cols.append(("best val acc", "", summary_key("best_val_acc")))
+        return cols + common
+    if kind == "imdb":
+        return [("best val acc, 50-batch (paper's)", "best_val_batch_acc", summary_key("best_val_batch_acc")),
+                ("min val loss, 50-batch (paper's)", "min_val_batch_loss", summary_key("min_val_batch_loss")),
+                ("best val acc, full split", "", summary_key("best_val_acc")),
+                ("min val loss, full split", "", summary_key("min_val_loss"))] + common
+    return [("min val MSE", "min_val_loss", summary_key("min_val_loss"))] + common
+
+
+def speedup(base: list[dict], fast: list[dict]) -> str:
+    b = aggregate([steps_to(r, 0.95) for r in base])
+    f = aggregate([steps_to(r, 0.95) for r in fast])
+    if not b["n"] or not f["n"] or not f["all_reached"]:
+        return "speed-up to 95%: not measurable (Grokfast runs missing or not reaching 95%)"
+    ratio = b["mean"] / f["mean"]
+    bound = "" if b["all_reached"] else "at least "
+    return f"speed-up to 95% (baseline mean / Grokfast mean): {bound}×{ratio:.2f}"
+
+
+def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
+                   out_dir: Path, figures: Path) -> str:
+    task_runs = [r for r in runs if r["summary"].get("task") == spec["task"]]
+    by_label = {label: [r for r in task_runs if r["config"].get("label") == label] for label in spec["rows"]}
+    columns = metric_columns(spec["kind"], thresholds)
+    lines = [f"### {spec['title']}", ""]
+    header = ["row"] + [c[0] for c in columns] + ["runs"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in spec["rows"].items():
+        rruns = sorted(by_label[label], key=lambda r: r["summary"]["seed"])
+        cells = [f"**{row['name']}**"]
+        for _, paper_key, getter in columns:
+            values = [getter(r) for r in rruns if getter(r)[0] is not None]
+            text = cell(aggregate(values)) if values else "–"
+            paper = row.get("paper", {}).get(paper_key) if paper_key else None
+            if paper is not None:
+                text += f"<br>paper: {fmt(paper)}"
+            cells.append(text)
+        links = ", ".join(f"[s{r['summary']['seed']}]({relpath(r['dir'], out_dir)})" for r in rruns)
+        cells.append(links or "none")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if spec["kind"] == "accuracy":
+        lines += [speedup(by_label[spec["baseline"]], by_label[spec["grokfast"]]) + ".", ""]
+    groups = {spec["rows"][label]["name"]: [r["dir"] for r in by_label[label]]
+              for label in spec["rows"] if by_label[label]}
+    if groups:
+        keys = ("acc", "loss") if spec["kind"] != "regression" else ("loss",)
+        figure = plot_groups(groups, figures / f"{table_id}.png", title=spec["title"], stems=keys)
+        lines += [f"![{table_id}]({relpath(figure, out_dir)})", ""]
+    if spec.get("note"):
+        lines += [spec["note"].strip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=Path("results"), help="folder of <task>/<run>/ folders")
+    parser.add_argument("--out", type=Path, default=None, help="markdown to write (default <results>/README.md)")
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.90, 0.95])
+    parser.add_argument("--tables", nargs="*", help="table ids to include (default: all in tables.yaml)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        parser.error(f"no results folder: {args.results}")
+    if any(not 0 < t <= 1 for t in args.thresholds):
+        parser.error("thresholds are fractions in (0, 1]")
+    out = args.out or args.results / "README.md"
+    specs = yaml.safe_load(TABLES_SPEC.read_text())
+    runs = load_runs(args.results)
+    parts = ["# Results", "",
+             "Generated by `python scripts/summarize.py` from the run folders below; do not edit by hand. "
+             "Each cell: mean ± std over seeds (n), per-seed values underneath; `>` marks a run that never "
+             "reached the threshold within its steps (its step count is used, so the mean is a lower "
+             "bound). The paper's figure (one seed, GTX 1080 Ti) is under ours.", ""]
+    for table_id, spec in specs.items():
+        if args.tables and table_id not in args.tables:
+            continue
+        parts.append(table_markdown(table_id, spec, runs, args.thresholds, out.parent, out.parent / "figures"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(parts))
+    print(f"wrote {out} from {len(runs)} runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
