@@ -218,6 +218,8 @@ class Trainer:
         if not cfg.early_stop_patience or not cfg.early_stop_acc:
             return
         for record in new_records:
+            if "val_acc" not in record:  # a task's per-step record without the full evaluation
+                continue
             self.streak = self.streak + 1 if record.get("val_acc", 0.0) >= cfg.early_stop_acc else 0
             if self.streak >= cfg.early_stop_patience:
                 self.stopped = (f"early_stop: val_acc >= {cfg.early_stop_acc:g} for {self.streak} "

@@ -82,6 +82,10 @@ def _best(records: list[dict], key: str, pick) -> float | None:
     return pick(values) if values else None
 
 
+def _last(records: list[dict], key: str) -> float | None:
+    return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
+
+
 def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: float | None,
               peak_gpu_mem_mb: float | None, device: str, stopped: str) -> dict:
     """The common summary fields; tasks add their own table metrics beside these."""
@@ -94,8 +98,8 @@ def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: flo
     summary.update(
         best_val_acc=_best(records, "val_acc", max),
         min_val_loss=_best(records, "val_loss", min),
-        final_val_acc=records[-1].get("val_acc") if records else None,
-        final_train_acc=records[-1].get("train_acc") if records else None,
+        final_val_acc=_last(records, "val_acc"),
+        final_train_acc=_last(records, "train_acc"),
         wall_s=wall_s,
         train_step_ms=train_step_ms,
         wall_per_step_ms=1000.0 * wall_s / steps if steps else None,

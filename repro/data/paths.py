@@ -24,9 +24,20 @@ def cache_dir(data_dir: str | os.PathLike, name: str) -> Path:
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
         path = Path(env) / name
-    elif os.access(data_dir, os.W_OK):
+    elif _writable(Path(data_dir)):
         path = Path(data_dir) / "cache" / name
     else:
         path = Path.home() / ".cache" / "grokfast-repro" / name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def _writable(folder: Path) -> bool:
+    """Try it: os.access says yes to root even on a read-only mount."""
+    probe = folder / f".write_probe_{os.getpid()}"
+    try:
+        probe.touch()
+        probe.unlink()
+        return True
+    except OSError:
+        return False

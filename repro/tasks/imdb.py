@@ -109,6 +109,9 @@ class ImdbTask(Task):
                          seq_len=cfg.seq_len, seed=cfg.seed)
         self.x_train, self.y_train = data["x_train"].to(device), data["y_train"].to(device)
         self.x_val, self.y_val = data["x_val"].to(device), data["y_val"].to(device)
+        # a training batch is one tensor, tokens then the 0/1 label as a last column: the engine's CUDA
+        # graphs copy a batch into a static tensor (see repro/graphs.py)
+        self.train_rows = torch.cat([self.x_train, self.y_train.long()[:, None]], dim=1)
         self.vocab_size = len(data["vocab"]) + 1  # + padding index 0, as the reference
         n_train, n_val = len(self.y_train), len(self.y_val)
         if cfg.batch_size > n_val:
@@ -124,13 +127,12 @@ class ImdbTask(Task):
         self.last_step = cfg.steps
 
     # ---- training -----------------------------------------------------------------------------
-    def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.batches(step)
-        return self.x_train[idx], self.y_train[idx]
+    def train_batch(self, step: int) -> torch.Tensor:
+        """(batch_size, seq_len + 1) long: the tokens, then the label."""
+        return self.train_rows[self.batches(step)]
 
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        tokens, target = batch
-        return bce(self.model(tokens), target)
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        return bce(self.model(batch[:, :-1]), batch[:, -1].float())
 
     # ---- evaluation ---------------------------------------------------------------------------
     def is_eval_step(self, step: int) -> bool:
