@@ -82,23 +82,23 @@ def _default_foreach(tensors) -> bool:
     return all(t.device.type in devices for t in tensors)
 
 
-def _groups(*lists):
-    """Split parallel tensor lists by (device, dtype) of the first list, for foreach kernels."""
+def _groups(items, foreach: bool):
+    """(key, grad) pairs split by device and dtype, as foreach kernels need; one group for the loop."""
+    if not foreach:
+        return [items]
     out = {}
-    for ts in zip(*lists):
-        bucket = out.setdefault((ts[0].device, ts[0].dtype), tuple([] for _ in lists))
-        for b, t in zip(bucket, ts):
-            b.append(t)
+    for item in items:
+        out.setdefault((item[1].device, item[1].dtype), []).append(item)
     return out.values()
 
 
 def _ema_(hs, gs, alpha: float, lamb: float, apply: bool, foreach: bool) -> None:
-    """In place: h = alpha*h + (1-alpha)*g (as lerp); then, if apply, g += lamb*h."""
+    """In place: h = alpha*h + (1-alpha)*g (as lerp); then, if apply, g += lamb*h. For foreach, the
+    tensors must share one device and dtype."""
     if foreach:
-        for g_, h_ in _groups(gs, hs):
-            torch._foreach_lerp_(h_, g_, 1.0 - alpha)
-            if apply:
-                torch._foreach_add_(g_, h_, alpha=lamb)
+        torch._foreach_lerp_(hs, gs, 1.0 - alpha)
+        if apply:
+            torch._foreach_add_(gs, hs, alpha=lamb)
     else:
         for g, h in zip(gs, hs):
             h.lerp_(g, 1.0 - alpha)
@@ -127,14 +127,14 @@ def gradfilter_ema(m: nn.Module, grads: dict | None = None, alpha: float = 0.98,
     """
     _validate("ema", alpha=alpha, lamb=lamb)
     grads = {} if grads is None else grads
-    hs, gs = [], []
-    for name, g in _trainable_grads(m.named_parameters()):
-        _check_dense(g)
-        if name not in grads:
-            grads[name] = g.clone()  # a copy: the reference aliases p.grad here
-        hs.append(grads[name])
-        gs.append(g)
-    _ema_(hs, gs, float(alpha), float(lamb), True, _default_foreach(gs))
+    items = _trainable_grads(m.named_parameters())
+    foreach = _default_foreach([g for _, g in items])
+    for group in _groups(items, foreach):
+        for name, g in group:
+            _check_dense(g)
+            if name not in grads:
+                grads[name] = g.clone()  # a copy: the reference aliases p.grad here
+        _ema_([grads[name] for name, _ in group], [g for _, g in group], float(alpha), float(lamb), True, foreach)
     return grads
 
 
@@ -251,6 +251,7 @@ class GradFilter:
         self.foreach, self.enabled = foreach, bool(enabled)
         self.state: dict = {}
         self._handles: list = []
+        self._rings: dict = {}  # key -> (window, its w slot views)
 
     def __repr__(self) -> str:
         hp = f"alpha={self.alpha}" if self.kind == "ema" else (
@@ -265,9 +266,11 @@ class GradFilter:
         for _, g in items:
             _check_dense(g)
         foreach = self.foreach if self.foreach is not None else _default_foreach([g for _, g in items])
-        (self._step_ema if self.kind == "ema" else self._step_ma)(items, foreach)
+        for group in _groups(items, foreach):
+            (self._step_ema if self.kind == "ema" else self._step_ma)(group, foreach)
 
     def _step_ema(self, items, foreach: bool) -> None:
+        """One device/dtype group (or any tensors, for the loop)."""
         hs, gs = [], []
         for key, g in items:
             st = self.state.get(key)
@@ -278,6 +281,7 @@ class GradFilter:
         _ema_(hs, gs, self.alpha, self.lamb, self.enabled, foreach)
 
     def _step_ma(self, items, foreach: bool) -> None:
+        """One device/dtype group (or any tensors, for the loop)."""
         w = self.window_size
         sums, slots, gs = [], [], []
         resum = []  # parameters whose ring just wrapped: exact re-sum
@@ -286,7 +290,10 @@ class GradFilter:
             st = self.state.get(key)
             if st is None:
                 st = self.state[key] = {"window": g.new_zeros((w, *g.shape)), "sum": torch.zeros_like(g), "count": 0}
-            slots.append(st["window"][st["count"] % w])  # zeros while filling, else the evicted gradient
+            ring = self._rings.get(key)
+            if ring is None or ring[0] is not st["window"]:  # cached slot views: indexing costs ~1 us each
+                ring = self._rings[key] = (st["window"], st["window"].unbind(0))
+            slots.append(ring[1][st["count"] % w])  # zeros while filling, else the evicted gradient
             sums.append(st["sum"])
             gs.append(g)
             st["count"] += 1
@@ -300,10 +307,9 @@ class GradFilter:
                 pair[1].append(st["sum"])
         # sum += g - evicted; the slot takes g
         if foreach:
-            for s_, o_, g_ in _groups(sums, slots, gs):
-                torch._foreach_sub_(s_, o_)
-                torch._foreach_copy_(o_, g_)
-                torch._foreach_add_(s_, g_)
+            torch._foreach_sub_(sums, slots)
+            torch._foreach_copy_(slots, gs)
+            torch._foreach_add_(sums, gs)
         else:
             for s, o, g in zip(sums, slots, gs):
                 s.sub_(o)
@@ -313,8 +319,7 @@ class GradFilter:
             st["sum"].copy_(st["window"].sum(0))
         for scale, (g_all, s_all) in apply.items():  # g += scale*sum
             if foreach:
-                for g_, s_ in _groups(g_all, s_all):
-                    torch._foreach_add_(g_, s_, alpha=scale)
+                torch._foreach_add_(g_all, s_all, alpha=scale)
             else:
                 for g, s in zip(g_all, s_all):
                     g.add_(s, alpha=scale)

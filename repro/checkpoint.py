@@ -10,7 +10,7 @@ from repro.errors import UserError
 
 FILENAME = "checkpoint.pt"
 # options a resumed run may change; any other difference means it is not the same run
-MAY_CHANGE_ON_RESUME = {"resume", "max_steps", "progress", "device", "checkpoint_every", "log_every_evals",
+MAY_CHANGE_ON_RESUME = {"resume", "skip_finished", "cuda_graphs", "compile", "max_steps", "progress", "device", "checkpoint_every", "log_every_evals",
                         "out_dir", "results_dir", "data_dir", "early_stop_acc", "early_stop_patience", "budget"}
 
 

@@ -2,7 +2,7 @@
 import sys
 
 from repro.config import load_config
-from repro.errors import UserError
+from repro.errors import RunAlreadyFinished, UserError
 
 
 def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -> int:
@@ -12,6 +12,9 @@ def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -
         from repro.engine import Trainer  # after parsing, so `--help` and flag errors are instant
         trainer = Trainer(cfg, task_cls, argv)
         summary = trainer.run()
+    except RunAlreadyFinished as exc:
+        print(f"skipped: {exc} already holds a finished run")
+        return 0
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

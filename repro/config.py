@@ -56,6 +56,7 @@ class Config:
     log_every_evals: int = 50  # evaluations buffered on the device between host syncs
     checkpoint_every: int = 0  # steps between checkpoints; 0 = only at the end
     resume: bool = False
+    skip_finished: bool = False  # a run folder with a final summary: exit 0; with a checkpoint: resume
     on_nonfinite: str = "stop"
     progress: bool = True
     cuda_graphs: bool = True  # on CUDA, replay forward+backward (and evaluation) as CUDA graphs

@@ -5,6 +5,7 @@ synchronisation: losses and evaluation results stay on the device and are copied
 one go every `log_every_evals` evaluations (or every few seconds), when metrics are written, the
 progress bar moves, early stopping and non-finite losses are checked, and checkpoints are saved.
 """
+import dataclasses
 import json
 import math
 import signal
@@ -16,7 +17,7 @@ import torch
 from grokfast import GradFilter
 from repro import checkpoint as ckpt
 from repro.config import Config, run_name, save_config
-from repro.errors import UserError
+from repro.errors import RunAlreadyFinished, UserError
 from repro.graphs import GraphedEvaluate, GraphedTrainStep
 from repro.metrics import MetricsLog, atomic_write_text, run_header, summarize
 from repro.tasks.base import Task
@@ -88,6 +89,12 @@ class Trainer:
     # ---- run folder -------------------------------------------------------------------------
     def _prepare_out_dir(self, argv) -> None:
         checkpoint_path = self.out_dir / ckpt.FILENAME
+        summary_path = self.out_dir / "summary.json"
+        if self.cfg.skip_finished:
+            if summary_path.exists() and not json.loads(summary_path.read_text())["stopped"].startswith("interrupted"):
+                raise RunAlreadyFinished(str(self.out_dir))
+            if checkpoint_path.exists():
+                self.cfg = dataclasses.replace(self.cfg, resume=True)
         if self.cfg.resume:
             if not checkpoint_path.exists():
                 raise UserError(f"--resume: no checkpoint in {self.out_dir}")
