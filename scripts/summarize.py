@@ -106,14 +106,14 @@ def metric_columns(kind: str, thresholds: list[float]) -> list[tuple[str, str, c
     return [("min val MSE", "min_val_loss", summary_key("min_val_loss"))] + common
 
 
-def speedup(base: list[dict], fast: list[dict]) -> str:
-    b = aggregate([steps_to(r, 0.95) for r in base])
-    f = aggregate([steps_to(r, 0.95) for r in fast])
+def speedup(base: list[dict], fast: list[dict], threshold: float = 0.95) -> str:
+    b = aggregate([steps_to(r, threshold) for r in base])
+    f = aggregate([steps_to(r, threshold) for r in fast])
+    what = f"speed-up to {threshold:.0%}"
     if not b["n"] or not f["n"] or not f["all_reached"]:
-        return "speed-up to 95%: not measurable (Grokfast runs missing or not reaching 95%)"
-    ratio = b["mean"] / f["mean"]
+        return f"{what}: not measurable (Grokfast runs missing or not all reaching {threshold:.0%})"
     bound = "" if b["all_reached"] else "at least "
-    return f"speed-up to 95% (baseline mean / Grokfast mean): {bound}×{ratio:.2f}"
+    return f"{what} (baseline mean / Grokfast mean): {bound}×{b['mean'] / f['mean']:.2f}"
 
 
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
@@ -139,7 +139,8 @@ def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     if spec["kind"] == "accuracy":
-        lines += [speedup(by_label[spec["baseline"]], by_label[spec["grokfast"]]) + ".", ""]
+        lines += ["; ".join(speedup(by_label[spec["baseline"]], by_label[spec["grokfast"]], t)
+                            for t in thresholds) + ".", ""]
     groups = {spec["rows"][label]["name"]: [r["dir"] for r in by_label[label]]
               for label in spec["rows"] if by_label[label]}
     if groups:

@@ -3,6 +3,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# One thread per process: the suite runs on 2 shared cores, where torch's default oversubscribes
+# (subprocesses inherit the variable).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,74 @@
+"""scripts/summarize.py on run folders made by real short runs (not hand-written JSON)."""
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro.cli import run
+from repro.tasks.modular import ModularConfig, ModularTask
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+import summarize  # noqa: E402
+
+SMALL = ["--p", "23", "--batch_size", "64", "--device", "cpu", "--progress", "false", "--eval_every", "10"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    """Two seeds of the baseline and of Grokfast-EMA on a small modulus; no control runs (missing)."""
+    root = tmp_path_factory.mktemp("results")
+    for seed in (0, 1):
+        for config, label in (("baseline", "baseline"), ("ema", "grokfast_ema")):
+            code = run(ModularConfig, ModularTask, "", [
+                "--config", f"{REPO}/configs/modular/{config}.yaml", "--label", label, "--seed", str(seed),
+                "--budget", "40", "--results_dir", str(root), *SMALL])
+            assert code == 0
+    return root
+
+
+def summaries(root, label):
+    return [json.loads(p.read_text()) for p in sorted(root.glob(f"modular/*_{label}_s*/summary.json"))]
+
+
+def test_tables_show_mean_std_per_seed_and_missing_rows(results):
+    out = results / "README.md"
+    assert summarize.main(["--results", str(results), "--out", str(out), "--tables", "modular_ema",
+                           "--thresholds", "0.05", "0.95"]) == 0
+    text = out.read_text()
+    table = [line for line in text.splitlines() if line.startswith("| **")]
+    assert len(table) == 3  # baseline, Grokfast-EMA, and the control row that has no runs
+    control = next(line for line in table if "control" in line)
+    assert "none" in control.split("|")[-2]  # its runs column: no run folders
+    # best val acc: mean ± std over the two seeds, as the summaries say
+    accs = [s["best_val_acc"] for s in summaries(results, "grokfast_ema")]
+    expected = f"{summarize.fmt(statistics.mean(accs))} ± {summarize.fmt(statistics.stdev(accs))} (n=2)"
+    assert expected in next(line for line in table if "Grokfast-EMA" in line)
+    assert "paper: 910" in text and (results / "figures" / "modular_ema.png").exists()
+
+
+def test_not_reached_is_shown_as_a_bound_never_dropped(results):
+    runs = [r for r in summarize.load_runs(results) if r["config"]["label"] == "baseline"]
+    values = [summarize.steps_to(r, 0.999) for r in runs]
+    assert all(not ok for _, ok in values) and all(v == 40 for v, _ in values)
+    cell = summarize.cell(summarize.aggregate(values))
+    assert cell.startswith("> 40") and "0/2 reached" in cell
+
+
+def test_speedup_is_the_ratio_of_means(results):
+    runs = summarize.load_runs(results)
+    base = [r for r in runs if r["config"]["label"] == "baseline"]
+    fast = [r for r in runs if r["config"]["label"] == "grokfast_ema"]
+    threshold = min(r["summary"]["best_val_acc"] for r in base + fast)  # every run reaches it
+    b = statistics.mean(summarize.steps_to(r, threshold)[0] for r in base)
+    f = statistics.mean(summarize.steps_to(r, threshold)[0] for r in fast)
+    assert summarize.speedup(base, fast, threshold) == \
+        f"speed-up to {threshold:.0%} (baseline mean / Grokfast mean): ×{b / f:.2f}"
+
+
+def test_missing_results_folder_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        summarize.main(["--results", str(tmp_path / "nope")])
+    assert info.value.code == 2 and "no results folder" in capsys.readouterr().err
