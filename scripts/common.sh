@@ -1,15 +1,18 @@
 # Shared by scripts/reproduce_*.sh: options, and a queue of runs executed N at a time.
-#   scripts/reproduce_<table>.sh [--seeds "0 1 2"] [--device cuda] [--jobs 4] [--results results] [-- extra flags]
+#   scripts/reproduce_<table>.sh [--seeds "0 1 2"] [--device cuda] [--jobs 4] [--results results]
+#                                [--print] [-- extra flags for every run]
+# --print lists the runs instead (one command per line, for scripts/run_commands.sh).
 # Finished runs are skipped (--skip_finished), so the scripts can be re-run and share the baseline.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-SEEDS="0 1 2"; DEVICE="auto"; JOBS=4; RESULTS="results"; EXTRA=()
+SEEDS="0 1 2"; DEVICE="auto"; JOBS=4; RESULTS="results"; EXTRA=(); PRINT=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --seeds) SEEDS="$2"; shift 2 ;;
     --device) DEVICE="$2"; shift 2 ;;
     --jobs) JOBS="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
+    --print) PRINT=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
     *) echo "unknown option: $1 (use --seeds, --device, --jobs, --results, -- extra flags)" >&2; exit 2 ;;
   esac
@@ -24,6 +27,9 @@ queue() {  # queue SCRIPT CONFIG LABEL SEED [flags...]
 }
 
 run_queue() {
-  mkdir -p "$RESULTS"
-  printf '%s\n' "${QUEUE[@]}" | xargs -P "$JOBS" -I{} sh -c '{} >/dev/null 2>>"'"$RESULTS"'/reproduce_errors.log" && echo "done: {}" || echo "FAILED ($?): {}"'
+  if [ "$PRINT" = 1 ]; then
+    printf '%s\n' "${QUEUE[@]}"
+  else
+    printf '%s\n' "${QUEUE[@]}" | scripts/run_commands.sh --jobs "$JOBS" --logdir "$RESULTS/logs"
+  fi
 }

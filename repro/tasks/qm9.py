@@ -44,6 +44,7 @@ multiplied by all T matrices at once (N x in @ in x T*out) and each edge picks i
 entry. Same function and gradients up to float rounding (tests/test_qm9_task.py compares both with
 PyG's NNConv.forward); `--fast_conv false` runs PyG's forward itself.
 """
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
 
@@ -57,6 +58,16 @@ from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
 NUM_NODE_FEATURES, NUM_EDGE_FEATURES, NUM_TARGETS = 11, 4, 19
 FEATURE_MODES = ("pyg", "sanitized")  # repro.data.qm9.FEATURE_MODES (not imported: that pulls in pandas)
+
+
+def import_pyg():
+    """PyG's modules used here, imported without the FutureWarning PyG 2.8 triggers on torch 2.14
+    (`torch.jit.script` is deprecated), which would break the entry point's one-line stderr on errors."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.* is deprecated", category=FutureWarning)
+        import torch_geometric.nn
+        from repro.data import qm9
+    return torch_geometric.nn, qm9
 
 
 def reference_epochs(size: int) -> int:
@@ -192,10 +203,12 @@ class Qm9Net(nn.Module):
 
     def __init__(self, num_node_features: int = NUM_NODE_FEATURES, num_edge_features: int = NUM_EDGE_FEATURES,
                  fast_conv: bool = True):
-        from torch_geometric.nn import NNConv
+        pyg_nn = import_pyg()[0]
+        NNConv = pyg_nn.NNConv
 
         super().__init__()
         self.fast_conv = fast_conv
+        self.global_add_pool = pyg_nn.global_add_pool
         conv1_net = nn.Sequential(nn.Linear(num_edge_features, 32), nn.ReLU(), nn.Linear(32, num_node_features * 32))
         conv2_net = nn.Sequential(nn.Linear(num_edge_features, 32), nn.ReLU(), nn.Linear(32, 32 * 16))
         self.conv1 = NNConv(num_node_features, 32, conv1_net)  # aggr 'add', root weight, bias (PyG defaults)
@@ -207,15 +220,13 @@ class Qm9Net(nn.Module):
 
     def forward(self, g: GraphBatch) -> torch.Tensor:
         """(num_graphs, 1) predictions. Every size is given, so PyG never syncs to compute one."""
-        from torch_geometric.nn import global_add_pool
-
         if self.fast_conv:
             x = F.relu(nnconv_by_edge_type(self.conv1, g.x, g.edge_index, g.edge_type, g.type_attr))
             x = F.relu(nnconv_by_edge_type(self.conv2, x, g.edge_index, g.edge_type, g.type_attr))
         else:
             x = F.relu(self.conv1(g.x, g.edge_index, g.edge_attr))
             x = F.relu(self.conv2(x, g.edge_index, g.edge_attr))
-        x = global_add_pool(x, g.batch, size=g.num_graphs)
+        x = self.global_add_pool(x, g.batch, size=g.num_graphs)
         return self.out(F.relu(self.fc_1(x)))
 
 
@@ -226,8 +237,8 @@ class Qm9Task(Task):
 
     def __init__(self, cfg: Qm9Config, device: torch.device):
         from repro.data.paths import resolve_data_dir
-        from repro.data.qm9 import load_qm9
 
+        load_qm9 = import_pyg()[1].load_qm9
         self.cfg, self.device = cfg, device
         dataset = load_qm9(resolve_data_dir(cfg.data_dir), max_molecules=cfg.size, download=cfg.download,
                            features=cfg.features)
