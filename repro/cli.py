@@ -16,8 +16,17 @@ def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -
         print(f"skipped: {exc} already holds a finished run")
         return 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever it quotes
         return 2
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (inside it, the engine saves and stops)
+        print("interrupted outside the training loop (the last checkpoint, if any, is intact)", file=sys.stderr)
+        return 130
+    finally:
+        distributed = sys.modules.get("repro.distributed")  # loaded by the engine, not by flag errors
+        if distributed:
+            distributed.shutdown()
+    if not trainer.is_main:  # data-parallel: rank 0 reports
+        return 130 if summary["stopped"].startswith("interrupted") else 0
     keys = ("steps", "steps_to_95", "time_to_95_s", "best_val_acc", "min_val_loss", "train_step_ms",
             "wall_per_step_ms", "peak_gpu_mem_mb")
     print(f"{trainer.out_dir}: " + ", ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None))

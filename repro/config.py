@@ -5,6 +5,8 @@ Flag names follow the reference scripts (`--filter ema --alpha 0.98 --lamb 2.0 -
 """
 import argparse
 import math
+import os
+import re
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,6 +20,9 @@ FILTERS = ("none", "ema", "ma")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 FILTER_TYPES = ("mean", "sum")
 NONFINITE_POLICIES = ("stop", "skip")
+AMP_MODES = ("none", "fp16", "bf16")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
+MAX_SEED = 2**32  # seeds feed generators as seed * 1_000_003 + epoch, which must fit in 64 bits
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,8 @@ class Config:
     momentum: float = 0.0  # SGD only (the reviewers' heavy-ball baseline)
     warmup_steps: int = 0  # linear LR warm-up; the reference's factor is min(update / warmup, 1) from update 0
     clip_grad_norm: float = 0.0  # 0 = off; clipping happens before the filter, as in the reference
+    grad_accum_steps: int = 1  # micro-batches per update: the batch is split, gradients summed, filtered once
+    amp: str = "none"  # autocast for the forward: none, fp16 (with a GradScaler) or bf16
     # Grokfast filter
     filter: str = "none"
     alpha: float = 0.98
@@ -68,15 +75,18 @@ class Config:
     def validate(self) -> None:
         """Raise UserError for values no run can use (like torch.optim's __init__ checks)."""
         checks = [
+            (0 <= self.seed < MAX_SEED, f"seed must be in [0, {MAX_SEED})"),
             (self.budget >= 1, "budget must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive finite number"),
             (0.0 <= self.beta1 < 1.0, "beta1 must be in [0, 1)"),
             (0.0 <= self.beta2 < 1.0, "beta2 must be in [0, 1)"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay must be >= 0"),
-            (self.momentum >= 0, "momentum must be >= 0"),
+            (self.momentum >= 0 and math.isfinite(self.momentum), "momentum must be a finite number >= 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.clip_grad_norm >= 0, "clip_grad_norm must be >= 0 (0 = off)"),
+            (1 <= self.grad_accum_steps <= self.batch_size, "grad_accum_steps must be in [1, batch_size]"),
+            (self.amp in AMP_MODES, f"amp must be one of {', '.join(AMP_MODES)}"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.filter in FILTERS, f"filter must be one of {', '.join(FILTERS)}"),
             (0.0 <= self.alpha < 1.0, "alpha must be in [0, 1)"),
@@ -89,9 +99,10 @@ class Config:
             (self.log_every_evals >= 1, "log_every_evals must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every must be >= 0"),
             (self.on_nonfinite in NONFINITE_POLICIES, f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}"),
-            (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"),
-             "device must be auto, cpu or cuda[:N]"),
+            (DEVICE_PATTERN.fullmatch(self.device) is not None, "device must be auto, cpu, cuda or cuda:N"),
         ]
+        checks += [("\0" not in getattr(self, f.name), f"{f.name} must not contain a NUL character")
+                   for f in user_fields(type(self)) if _field_type(f) is str]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid config: {message}")
@@ -117,7 +128,7 @@ def _field_type(f) -> type:
 def coerce(key: str, value: Any, kind: type) -> Any:
     """Convert a YAML or flag value to the field's type, or raise UserError naming the key."""
     def bad() -> UserError:
-        return UserError(f"config key '{key}' must be {kind.__name__}, got {value!r}")
+        return UserError(f"config key {key!r} must be {kind.__name__}, got {value!r}")
 
     if kind is bool:
         if isinstance(value, bool):
@@ -137,7 +148,10 @@ def coerce(key: str, value: Any, kind: type) -> Any:
         except ValueError:
             raise bad() from None
     if kind is float and isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an int beyond float's range
+            raise bad() from None
     if kind is int and isinstance(value, (int, float)):
         if isinstance(value, float) and not value.is_integer():  # `3e5` is an int, `2.5` is not
             raise bad()
@@ -150,9 +164,15 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = (str(exc).splitlines() or [""])[0]
+        raise UserError(f"config file {path} cannot be read: {type(exc).__name__}: {reason}") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. a date like 2001-02-30
+        first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"config file {path} is not valid YAML: {first_line}") from None
     if not isinstance(data, dict):
         raise UserError(f"config file {path} must hold a mapping of key: value")
     return data
@@ -166,14 +186,14 @@ def merge(cls, overrides: Mapping[str, Any], source: str = "config") -> dict:
     for key, value in overrides.items():
         name = aliases.get(key, key)
         if name not in known:
-            raise UserError(f"unknown {source} key '{key}' for task {cls.task or cls.__name__}")
+            raise UserError(f"unknown {source} key {key!r} for task {cls.task or cls.__name__}")
         typed[name] = coerce(key, value, _field_type(known[name]))
     return typed
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit 2 via UserError, not argparse's usage dump
-        raise UserError(f"bad command line: {message}")
+        raise UserError(f"bad command line: {message}".replace("\n", "\\n"))
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
@@ -228,4 +248,6 @@ def run_name(cfg: Config, task_part: str) -> str:
 
 
 def save_config(cfg: Config, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp = path.with_name(path.name + ".tmp")  # temp file + rename: a kill never leaves half a file
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

@@ -4,7 +4,17 @@ Per step: batch -> loss -> backward -> (clip) -> filter -> optimizer step, with 
 synchronisation: losses and evaluation results stay on the device and are copied to the host in
 one go every `log_every_evals` evaluations (or every few seconds), when metrics are written, the
 progress bar moves, early stopping and non-finite losses are checked, and checkpoints are saved.
+
+A step may be cut into micro-batches (--grad_accum_steps) and ranks (torchrun, repro/distributed.py)
+and run under autocast (--amp, repro/precision.py); the filter always runs once per update, on the
+whole batch's unscaled, all-reduced, clipped gradient.
+
+A non-finite loss or gradient found at a flush (--on_nonfinite stop) is traced back by an eager
+replay, with a check after every step, from the last state this run saved (or its start): batches are
+a pure function of (seed, step), so the replay retraces the run; the state before the first
+non-finite step is checkpointed and the run stops, naming that step.
 """
+import copy
 import dataclasses
 import json
 import math
@@ -16,10 +26,12 @@ import torch
 
 from grokfast import GradFilter
 from repro import checkpoint as ckpt
+from repro import distributed
 from repro.config import Config, run_name, save_config
 from repro.errors import RunAlreadyFinished, UserError
 from repro.graphs import GraphedEvaluate, GraphedTrainStep
 from repro.metrics import MetricsLog, atomic_write_text, run_header, summarize
+from repro.precision import Precision
 from repro.tasks.base import Task
 from repro.timing import Clock, StepTimer
 
@@ -37,7 +49,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(cfg: Config, params: list, device: torch.device, capturable: bool = False) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel for the whole update on the GPU
+    # one kernel for the whole update on the GPU; not with fp16's GradScaler, whose step() always calls a
+    # fused optimizer (the kernel itself skips inf steps), which would run the filter's pre-hook on them
+    fused = device.type == "cuda" and cfg.amp != "fp16"
     if cfg.optimizer == "SGD":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                                fused=fused or None)
@@ -58,6 +72,13 @@ def warmup_factor(cfg: Config, step: int) -> float:
     return min(step / cfg.warmup_steps, 1.0) if cfg.warmup_steps else 1.0
 
 
+@dataclasses.dataclass
+class NonFinite:
+    what: str  # "training loss", "gradient" or "parameters"
+    step: int  # the update (1-based) at which it appeared
+    saved: bool = True  # False: not even the replay's starting state is finite, nothing is saved
+
+
 def out_dir_for(cfg: Config, task: Task) -> Path:
     if cfg.out_dir:
         return Path(cfg.out_dir)
@@ -67,19 +88,34 @@ def out_dir_for(cfg: Config, task: Task) -> Path:
 class Trainer:
     def __init__(self, cfg: Config, task_cls, argv: list[str] | None = None):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.device, self.dist = distributed.setup(resolve_device(cfg.device))
+        self.is_main = self.dist is None or self.dist.is_main
         self.task: Task = task_cls(cfg, self.device)
-        self.model = self.task.model
+        self.model = self.task.model  # the bare model: state dicts and the filter's parameter names
+        self.split = cfg.grad_accum_steps > 1 or self.dist is not None  # a step's batch is cut up
+        if self.split and self.task.batch_dim is None:
+            raise UserError(f"task {self.task.name} cannot cut its batches: it supports neither "
+                            f"--grad_accum_steps > 1 nor data-parallel runs")
+        if self.dist:  # the task's loss and evaluation then go through DDP's forward
+            self.task.model = self.dist.wrap(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.precision = Precision(cfg.amp, self.device)
         self.optimizer = make_optimizer(cfg, self.params, self.device, capturable=cfg.cuda_graphs)
         self.filter = make_filter(cfg, self.model)
+        if self.filter and self.precision.scaler:  # runs inside scaler.step(): not on fp16 overflow steps
+            self.filter.attach(self.optimizer)
         self.out_dir = out_dir_for(cfg, self.task)
         if cfg.compile:  # fuses the many tiny kernels of these small models; compiles at the first step
             self.task.loss = torch.compile(self.task.loss)
         graphs = cfg.cuda_graphs and self.device.type == "cuda"
-        self.use_graphs = graphs and self.task.graph_safe_loss and cfg.on_nonfinite != "skip"
+        # a graph replays one fixed computation; micro-batches, autocast/scaler, DDP and the per-step
+        # checks of --on_nonfinite skip stay eager (simpler, and those runs are not launch-bound)
+        self.use_graphs = (graphs and self.task.graph_safe_loss and cfg.on_nonfinite != "skip"
+                           and not self.split and cfg.amp == "none")
         self.graphed_step, self.eager_step_done = None, False
-        self.graphed_eval = GraphedEvaluate(self.task.evaluate) if graphs and self.task.graph_safe_eval else None
+        self.graphed_eval = (GraphedEvaluate(self.task.evaluate)
+                             if graphs and self.task.graph_safe_eval and not self.dist else None)
+        self.grads_finite = torch.ones((), device=self.device)  # cleared by a non-finite clipping norm
         self.total_steps = cfg.steps
         self.step = 0
         self.stopped = "budget"
@@ -90,6 +126,8 @@ class Trainer:
     def _prepare_out_dir(self, argv) -> None:
         checkpoint_path = self.out_dir / ckpt.FILENAME
         summary_path = self.out_dir / "summary.json"
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise UserError(f"run folder {self.out_dir} exists and is not a directory")
         if self.cfg.skip_finished:
             if summary_path.exists() and not json.loads(summary_path.read_text())["stopped"].startswith("interrupted"):
                 raise RunAlreadyFinished(str(self.out_dir))
@@ -101,13 +139,23 @@ class Trainer:
         elif (self.out_dir / "metrics.jsonl").exists() or checkpoint_path.exists():
             raise UserError(f"{self.out_dir} already holds a run: pass --resume to continue it, "
                             f"or choose another --out_dir / --label")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.log = MetricsLog(self.out_dir / "metrics.jsonl")
+        if self.dist:  # every rank has looked before rank 0 writes anything
+            self.dist.barrier()
+        if self.is_main:
+            try:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot create run folder {self.out_dir}: {exc.strerror or exc}") from None
+        self.log = MetricsLog(self.out_dir / "metrics.jsonl", write=self.is_main)
+        self.source_path = None  # where the last finite state this run saved lies (None: its start)
         if self.cfg.resume:
             state = ckpt.load(checkpoint_path, self.device)
             ckpt.check_compatible(state["config"], self.cfg)
             self._load_state(state)
             self.log.truncate_to(state["num_records"])
+            self.source_path = checkpoint_path
+        if not self.is_main:
+            return
         save_config(self.cfg, self.out_dir / "config.yaml")
         header = run_header(self.device, argv)
         if self.cfg.resume:  # keep the original header, note the resume
@@ -117,85 +165,186 @@ class Trainer:
         atomic_write_text(self.out_dir / "header.json", json.dumps(header, indent=2) + "\n")
 
     # ---- checkpoint -------------------------------------------------------------------------
-    def _state(self) -> dict:
+    def _training_state(self) -> dict:
+        """What determines the rest of the run (beside the config and the data)."""
         return {
-            "config": self.cfg.to_dict(),
             "step": self.step,
-            "num_records": len(self.log.records),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "filter": self.filter.state_dict() if self.filter else None,
+            "scaler": self.precision.state_dict(),
             "rng": ckpt.rng_state(),
+        }
+
+    def _state(self) -> dict:
+        return {
+            **self._training_state(),
+            "config": self.cfg.to_dict(),
+            "num_records": sum(1 for r in self.log.records if r["step"] <= self.step),
             "elapsed_s": self.elapsed_offset_s + self.clock.seconds_since_start(self.clock.mark())
             if hasattr(self, "clock") else 0.0,
             "timer": (self.timer.total_s, self.timer.count),
         }
 
-    def _load_state(self, state: dict) -> None:
+    def _load_training_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.filter:
             self.filter.load_state_dict(state["filter"])
+        self.precision.load_state_dict(state.get("scaler"))
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
+
+    def _load_state(self, state: dict) -> None:
+        self._load_training_state(state)
         self.elapsed_offset_s = state["elapsed_s"]
         self._resumed_timer = state["timer"]
 
     def save_checkpoint(self) -> None:
         self.clock.sync()
-        ckpt.save(self._state(), self.out_dir / ckpt.FILENAME)
+        path = self.out_dir / ckpt.FILENAME
+        if self.is_main:
+            ckpt.save(self._state(), path)
+        self.source_path, self.initial_state = path, None  # later non-finite recovery starts here
 
     # ---- the loop ---------------------------------------------------------------------------
+    def _clip(self) -> torch.Tensor | None:
+        if not self.cfg.clip_grad_norm:
+            return None
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_grad_norm, foreach=True)
+        if not self.precision.scaler:  # fp16 overflow is the scaler's business: it skips the step
+            self.grads_finite.mul_(torch.isfinite(norm))  # checked at the next flush, no sync here
+        return norm
+
     def _phases(self) -> list:
-        """What follows backward, in the paper's order: clip, filter, optimizer step; each with
-        whether it may be captured in a CUDA graph (see repro/graphs.py)."""
-        cfg, phases = self.cfg, []
-        if cfg.clip_grad_norm:
-            phases.append((lambda: torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_grad_norm, foreach=True),
-                           True))
+        """What follows backward for CUDA graphs, in the paper's order: clip, filter, optimizer step;
+        each with whether it may be captured in a graph (see repro/graphs.py)."""
+        phases = [(self._clip, True)] if self.cfg.clip_grad_norm else []
         if self.filter:
-            phases.append((self.filter.step, self.filter.kind == "ema" and not cfg.two_stage))
-        phases.append((self.optimizer.step, cfg.optimizer in ("Adam", "AdamW")))
+            phases.append((self.filter.step, self.filter.kind == "ema" and not self.cfg.two_stage))
+        phases.append((self.optimizer.step, self.cfg.optimizer in ("Adam", "AdamW")))
         return phases
 
-    def _train_step(self, step: int) -> torch.Tensor:
+    def _set_schedule(self, step: int) -> None:
         cfg = self.cfg
         if step <= cfg.warmup_steps:  # from update warmup_steps on the lr is constant (graphs rely on it)
             for group in self.optimizer.param_groups:
                 group["lr"] = cfg.lr * warmup_factor(cfg, step)
         if self.filter and cfg.two_stage:
             self.filter.enabled = step >= TWO_STAGE_STEPS
+
+    def _train_step(self, step: int) -> torch.Tensor:
+        self._set_schedule(step)
         batch = self.task.train_batch(step)
-        if self.use_graphs and step > cfg.warmup_steps and self.eager_step_done:
+        if self.use_graphs and step > self.cfg.warmup_steps and self.eager_step_done:
             if self.graphed_step is None:  # after an eager step: lazy state exists, grads have addresses
                 self.graphed_step = GraphedTrainStep(self.task.loss, [p for p in self.params if p.grad is not None],
                                                      self._phases())
             return self.graphed_step(batch)
-        self.optimizer.zero_grad(set_to_none=not self.use_graphs)  # graphs need fixed .grad tensors
-        loss = self.task.loss(batch)
-        loss.backward()
-        phases = self._phases()
-        if cfg.clip_grad_norm:
-            phases.pop(0)[0]()
-        if cfg.on_nonfinite == "skip" and not bool(torch.isfinite(loss)):  # a sync per step, opt-in
+        loss, problem = self._eager_step(batch, check=self.cfg.on_nonfinite == "skip")  # skip: a sync per step
+        if problem:
             self.skipped_steps += 1
+        else:
+            self.eager_step_done = True
+        return loss
+
+    def _eager_step(self, batch, check: bool = False) -> tuple[torch.Tensor, str | None]:
+        """backward -> (unscale) -> clip -> filter -> optimizer step. With `check`, a non-finite loss or
+        gradient (a host sync) leaves the update undone; returns (loss share, what was non-finite)."""
+        self.optimizer.zero_grad(set_to_none=not self.use_graphs)  # graphs need fixed .grad tensors
+        loss = self._forward_backward(batch)
+        self.precision.unscale_(self.optimizer)  # before clipping and the filter: they see true gradients
+        norm = self._clip()
+        if check:
+            problem = self._nonfinite(loss, norm)
+            if problem:
+                self.precision.skip()
+                return loss, problem
+        if self.filter and not self.precision.scaler:  # with a scaler the filter runs in scaler.step
+            self.filter.step()
+        self.precision.step(self.optimizer)
+        return loss, None
+
+    def _forward_backward(self, batch) -> torch.Tensor:
+        """The gradient of the global batch's mean loss into .grad (all-reduced under DDP); returns this
+        rank's share of that loss (the loss itself on one process)."""
+        if not self.split:
+            with self.precision.autocast():
+                loss = self.task.loss(batch)
+            self.precision.backward(loss)
             return loss.detach()
-        for fn, _ in phases:
-            fn()
-        self.eager_step_done = True
-        return loss.detach()
+        rank, world = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
+        parts = distributed.micro_batches(batch, self.task.batch_dim, self.cfg.grad_accum_steps, rank, world)
+        total = 0.0
+        for i, (chunk, weight) in enumerate(parts):
+            with distributed.no_sync(self.task.model, sync=i == len(parts) - 1):
+                with self.precision.autocast():
+                    loss = self.task.loss(chunk) * weight
+                self.precision.backward(loss)
+            total = total + loss.detach()
+        return total
+
+    # ---- non-finite values ------------------------------------------------------------------
+    def _nonfinite(self, loss: torch.Tensor, norm: torch.Tensor | None) -> str | None:
+        """What of this step is non-finite: 'training loss', 'gradient' or None (host syncs)."""
+        if not bool(torch.isfinite(self.dist.sum(loss) if self.dist else loss)):
+            return "training loss"
+        if self.precision.scaler:  # an fp16 overflow is normal: the scaler skips the step
+            return None
+        if norm is None:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
+        return None if bool(torch.isfinite(norm)) else "gradient"
+
+    def _params_finite(self) -> bool:
+        return bool(torch.stack([torch.isfinite(p).all() for p in self.params]).all())
+
+    def _recover(self, what: str, bad_step: int, limit: int) -> None:
+        """Replay from the last finite state up to `limit` updates, checking loss, gradient and
+        parameters at every step; stop before the first non-finite one (or at `limit`, blaming
+        `what` at `bad_step`). Leaves the model in that state, for the checkpoint."""
+        state = ckpt.load(self.source_path, self.device) if self.source_path else self.initial_state
+        self._load_training_state(state)
+        if not self._params_finite():
+            self.nonfinite = NonFinite(what, bad_step, saved=False)
+            return
+        while self.step < limit:
+            self._set_schedule(self.step)
+            _, problem = self._eager_step(self.task.train_batch(self.step), check=True)
+            if problem:
+                self.nonfinite = NonFinite(problem, self.step + 1)
+                return
+            if not self._params_finite():  # this update broke them: replay once more, stopping before it
+                return self._recover("parameters", self.step + 1, limit=self.step)
+            self.step += 1
+        self.nonfinite = NonFinite(what, bad_step)
+
+    def _check_finite(self, losses: torch.Tensor, first_step: int) -> None:
+        """--on_nonfinite stop: on a non-finite loss, clipping norm or parameter, go back to the last
+        finite state (see _recover). Checking the parameters at every flush means a checkpoint only
+        ever holds a finite state."""
+        bad = (~torch.isfinite(losses)).nonzero()
+        if len(bad):
+            step = first_step + int(bad[0]) + 1
+            self._recover("training loss", step, limit=step - 1)
+        elif not bool(self.grads_finite):
+            self._recover("gradient", self.step, limit=self.step)
+        elif not self._params_finite():
+            self._recover("parameters", self.step, limit=self.step)
 
     def _flush(self) -> None:
         """Copy buffered device results to the host; write metrics; check stop conditions."""
         self.clock.sync()
         self.timer.collect()
         self.eval_timer.collect()
-        losses = torch.stack(self.pending_losses).cpu() if self.pending_losses else torch.zeros(0)
+        losses = torch.stack(self.pending_losses) if self.pending_losses else torch.zeros(0, device=self.device)
+        if self.dist:  # the ranks' shares -> the global batch's loss, the same on every rank
+            losses = self.dist.sum(losses)
+        losses = losses.cpu()
         first_step = self.step - len(self.pending_losses)
-        bad = (~torch.isfinite(losses)).nonzero()
-        if len(bad) and self.cfg.on_nonfinite == "stop":
-            self.nonfinite_step = first_step + int(bad[0]) + 1
         self.pending_losses.clear()
+        if self.cfg.on_nonfinite == "stop":
+            self._check_finite(losses, first_step)  # may go back to an earlier step
         if self.pending_evals:
             # one device->host copy for all buffered evaluations; key sets may differ between them
             flat = torch.cat([torch.stack([v.float() for v in ev.values()]) for _, ev, _ in self.pending_evals])
@@ -204,7 +353,7 @@ class Trainer:
             for step, ev, mark in self.pending_evals:
                 row = dict(zip(ev, flat[offset:offset + len(ev)]))
                 offset += len(ev)
-                if self.nonfinite_step is not None and step >= self.nonfinite_step:
+                if step > self.step:  # evaluated after the state a non-finite stop went back to
                     break
                 records.append({"step": step, **row,
                                 "elapsed_s": round(self.elapsed_offset_s + self.clock.seconds_since_start(mark), 4)})
@@ -215,7 +364,7 @@ class Trainer:
                 last = self.log.records[-1]
                 self.progress.set_postfix_str(
                     " ".join(f"{k}={last[k]:.3f}" for k in ("train_acc", "val_acc", "val_loss") if k in last))
-        if self.progress is not None:
+        if self.progress is not None and self.step >= self.progress.n:
             self.progress.update(self.step - self.progress.n)
         self.last_flush = time.monotonic()
 
@@ -247,12 +396,14 @@ class Trainer:
         if hasattr(self, "_resumed_timer"):
             self.timer.total_s, self.timer.count = self._resumed_timer
         self.pending_losses, self.pending_evals = [], []
-        self.nonfinite_step, self.interrupted, self.skipped_steps = None, None, 0
+        self.nonfinite, self.interrupted, self.skipped_steps = None, None, 0
+        # a fresh run's start, where a non-finite recovery replays from until a checkpoint is saved
+        self.initial_state = None if self.source_path else copy.deepcopy(self._training_state())
         self.streak = 0
         self._check_early_stop(self.log.records)  # a resumed run continues its streak
         self.last_flush = time.monotonic()
         self.progress = tqdm(total=self.total_steps, initial=self.step, desc=self.out_dir.name,
-                             disable=not cfg.progress, dynamic_ncols=True, mininterval=1.0)
+                             disable=not cfg.progress or not self.is_main, dynamic_ncols=True, mininterval=1.0)
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.model.train()
         try:
@@ -275,12 +426,11 @@ class Trainer:
                 begin = self.eval_timer.begin()
                 self.pending_evals.append((self.step, evaluate(self.step), self.clock.mark()))
                 self.eval_timer.end(begin)
-            at_checkpoint = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
-            if (len(self.pending_evals) >= cfg.log_every_evals or at_checkpoint or self.interrupted
-                    or self.step == self.total_steps or time.monotonic() - self.last_flush > FLUSH_SECONDS):
+            at_checkpoint = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
+            if self._flush_due(at_checkpoint):
                 self._flush()
-                if self.nonfinite_step is not None:
-                    self.stopped = f"non-finite loss at step {self.nonfinite_step}"
+                if self.nonfinite is not None:
+                    self.stopped = f"non-finite {self.nonfinite.what} at step {self.nonfinite.step}"
                     return
                 if at_checkpoint:
                     self.save_checkpoint()
@@ -290,11 +440,36 @@ class Trainer:
                 if self.stopped != "budget":
                     return
 
+    def _flush_due(self, at_checkpoint: bool) -> bool:
+        """Whether to flush now. Ranks must flush together (a flush holds collectives): they agree on
+        Ctrl-C and time-based flushes every POLL_STEPS steps."""
+        due = (len(self.pending_evals) >= self.cfg.log_every_evals or at_checkpoint
+               or self.step == self.total_steps)
+        wish = bool(self.interrupted) or time.monotonic() - self.last_flush > FLUSH_SECONDS
+        if self.dist is None:
+            return due or wish
+        if not due and self.step % distributed.POLL_STEPS:
+            return False
+        any_wish, any_interrupted = self.dist.any(wish, bool(self.interrupted))
+        if any_interrupted and not self.interrupted:
+            self.interrupted = "signal on another rank"
+        return due or any_wish
+
     def _finish(self) -> dict:
+        nonfinite = self.nonfinite
+        if nonfinite is None or nonfinite.saved:  # after a non-finite stop: the state before it
+            self.save_checkpoint()
+        summary = self._write_summary() if self.is_main else {"stopped": self.stopped}
+        if nonfinite is not None:
+            saved = (f"checkpoint of step {self.step} saved in {self.out_dir}" if nonfinite.saved
+                     else f"no finite state to save (metrics in {self.out_dir})")
+            raise UserError(f"non-finite {nonfinite.what} at step {nonfinite.step}; {saved} "
+                            f"(--on_nonfinite skip skips such steps)")
+        return summary
+
+    def _write_summary(self) -> dict:
         from repro import plots
 
-        if self.nonfinite_step is None:  # a diverged state is not worth resuming from
-            self.save_checkpoint()
         self.clock.sync()
         wall_s = self.elapsed_offset_s + self.clock.seconds_since_start(self.clock.mark())
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
@@ -310,10 +485,6 @@ class Trainer:
         atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         if records:
             plots.plot_run(self.out_dir)
-        if self.nonfinite_step is not None:
-            raise UserError(f"stopped: non-finite training loss at step {self.nonfinite_step} "
-                            f"(metrics up to the step before are in {self.out_dir}; "
-                            f"--on_nonfinite skip skips such steps)")
         return summary
 
     def log_device_name(self) -> str:
@@ -321,4 +492,7 @@ class Trainer:
 
 
 def train(cfg: Config, task_cls, argv: list[str] | None = None) -> dict:
-    return Trainer(cfg, task_cls, argv).run()
+    try:
+        return Trainer(cfg, task_cls, argv).run()
+    finally:
+        distributed.shutdown()

@@ -121,13 +121,18 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 class MetricsLog:
-    """Append-only metrics.jsonl: one JSON object per evaluation, flushed line by line."""
+    """Append-only metrics.jsonl: one JSON object per evaluation, flushed line by line.
 
-    def __init__(self, path: Path):
-        self.path = path
+    write=False keeps the records in memory only (the non-zero ranks of a data-parallel run)."""
+
+    def __init__(self, path: Path, write: bool = True):
+        self.path, self.write = path, write
         self.records: list[dict] = read_jsonl(path)
 
     def append(self, records: list[dict]) -> None:
+        if not self.write:
+            self.records.extend(records)
+            return
         with self.path.open("a") as f:
             for record in records:
                 f.write(json.dumps(record) + "\n")
@@ -138,4 +143,5 @@ class MetricsLog:
     def truncate_to(self, count: int) -> None:
         """Keep the first `count` records (a resume drops what came after its checkpoint)."""
         self.records = self.records[:count]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
+        if self.write:
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))

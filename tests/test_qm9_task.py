@@ -43,9 +43,29 @@ def test_device_batching_equals_pyg_collation(task, data_dir):
         assert torch.equal(getattr(ours, name), getattr(ref, name)), name
     assert torch.equal(ours.y, ref.y[:, 1:2])
     assert torch.equal(ours.type_attr[ours.edge_type], ref.edge_attr)
-    # a training batch is a gather of train molecules; an epoch covers the 50 once (32 + 18)
-    epoch = torch.cat([task.batches(0), task.batches(1)])
-    assert sorted(epoch.tolist()) == list(range(50)) and len(task.batches(1)) == 18
+
+    # padded to fixed sizes (as training batches are): the same batch, then padding that touches no graph
+    num_nodes, num_edges = ref.num_nodes, ref.edge_index.shape[1]
+    padded = task.store.gather(ids, num_nodes + 7, num_edges + 5)
+    assert torch.equal(padded.x[:num_nodes], ref.x) and not padded.x[num_nodes:].any()
+    assert torch.equal(padded.batch[:num_nodes], ref.batch) and bool((padded.batch[num_nodes:] == 32).all())
+    assert torch.equal(padded.edge_index[:, :num_edges], ref.edge_index)
+    assert bool((padded.edge_index[:, num_edges:] == num_nodes + 6).all())
+    assert torch.equal(padded.edge_attr[:num_edges], ref.edge_attr) and torch.equal(padded.y, ours.y)
+    with torch.no_grad():
+        torch.testing.assert_close(task.model(padded), task.model(ours), rtol=1e-6, atol=0)
+
+
+def test_training_batches_are_shuffled_epochs_of_fixed_shape(task):
+    epoch = torch.cat([task.train_batch(0), task.train_batch(1)])  # DataLoader(shuffle=True): 32 + 18
+    assert sorted(epoch.tolist()) == sorted(task.train_ids.tolist()) and len(task.train_batch(1)) == 18
+    assert not torch.equal(task.train_batch(2), task.train_batch(0))  # a new order each epoch
+    for num_graphs in (32, 18):  # the padded sizes hold the largest train molecules
+        nodes, edges = task.padded_sizes(num_graphs)
+        for step in range(0, 200, 2):
+            ids = task.train_batch(step + (num_graphs == 18))
+            exact_nodes, exact_edges = task.store.sizes(ids)
+            assert exact_nodes < nodes and exact_edges < edges
 
 
 def test_split_model_size_and_init_scale(task):
@@ -63,7 +83,8 @@ def test_split_model_size_and_init_scale(task):
 
 
 def test_fast_conv_matches_pygs_nnconv(task):
-    batch = task.train_batch(0)
+    ids = task.train_batch(0)
+    batch = task.store.gather(ids, *task.padded_sizes(len(ids)))
     fast = copy.deepcopy(task.model)
     slow = copy.deepcopy(task.model)
     slow.fast_conv = False
@@ -73,6 +94,7 @@ def test_fast_conv_matches_pygs_nnconv(task):
         loss.backward()
         losses.append(loss)
     torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=0)
+    torch.testing.assert_close(losses[0], task.loss(ids), rtol=0, atol=0)
     for (name, p), q in zip(fast.named_parameters(), slow.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5 * float(q.grad.abs().max())), name
     with torch.no_grad():

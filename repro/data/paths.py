@@ -2,16 +2,20 @@
 import os
 from pathlib import Path
 
+from repro.errors import UserError
+
 DATA_DIR_ENV = "GROKFAST_DATA_DIR"
 CACHE_DIR_ENV = "GROKFAST_CACHE_DIR"
 DEFAULT_DATA_DIR = "data"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The explicit value (flag / config) wins, then $GROKFAST_DATA_DIR, then `data/`."""
-    if data_dir:
-        return Path(data_dir)
-    return Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    """The explicit value (flag / config) wins, then $GROKFAST_DATA_DIR, then `data/`. A path that
+    exists but is not a folder is an error (a missing one may still be filled by a download)."""
+    path = Path(data_dir) if data_dir else Path(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"data dir {path} is not a directory (pass --data_dir / set {DATA_DIR_ENV})")
+    return path
 
 
 def cache_dir(data_dir: str | os.PathLike, name: str) -> Path:

@@ -18,6 +18,9 @@ class Task:
     # may capture them as CUDA graphs (per batch shape)
     graph_safe_loss: bool = False
     graph_safe_eval: bool = False
+    # the dimension of train_batch()'s tensor that indexes examples, so the engine can cut a batch for
+    # gradient accumulation or data parallelism; None: the batch cannot be cut (neither is offered)
+    batch_dim: int | None = None
 
     def train_batch(self, step: int) -> Any:
         """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no

@@ -88,20 +88,29 @@ class SentimentLSTM(nn.Module):
         batch = tokens.shape[0]
         # the reference's init_hidden: zero (h0, c0) for every batch
         zeros = torch.zeros(self.num_layers, batch, self.hidden_dim, device=tokens.device)
-        out, _ = self.lstm(self.embedding(tokens), (zeros, zeros))
+        embedded = self.embedding(tokens)
+        if tokens.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # oneDNN has no fp16/bf16 LSTM: under --amp on the CPU the LSTM itself stays fp32
+            with torch.autocast("cpu", enabled=False):
+                out, _ = self.lstm(embedded.float(), (zeros, zeros))
+        else:
+            out, _ = self.lstm(embedded, (zeros, zeros))
         return torch.sigmoid(self.fc(out[:, -1])).squeeze(-1)
 
 
 def bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """The reference's nn.BCELoss on sigmoid outputs (log clamped at -100; kept, not BCE-with-logits,
-    because with init x6 the sigmoid saturates and the two differ in value and gradient)."""
-    return F.binary_cross_entropy(prob, target, reduction=reduction)
+    because with init x6 the sigmoid saturates and the two differ in value and gradient). In fp32 and
+    outside autocast: CUDA autocast refuses binary_cross_entropy as unsafe in half precision."""
+    with torch.autocast(prob.device.type, enabled=False):
+        return F.binary_cross_entropy(prob.float(), target.float(), reduction=reduction)
 
 
 class ImdbTask(Task):
     name = "imdb"
     graph_safe_loss = True  # no dropout, no host sync: embedding + cuDNN LSTM + linear + BCE
     graph_safe_eval = False  # a per-step re-seeded generator and a step-dependent grid
+    batch_dim = 0  # (batch, seq_len + 1) rows
 
     def __init__(self, cfg: ImdbConfig, device: torch.device):
         self.cfg, self.device = cfg, device

@@ -117,6 +117,7 @@ class MnistTask(Task):
     name = "mnist"
     # an MLP on fixed-shape index batches, no dropout, no host sync; evaluation is step-independent
     graph_safe_loss = graph_safe_eval = True
+    batch_dim = 0  # a batch is a vector of image indices
 
     def __init__(self, cfg: MnistConfig, device: torch.device):
         self.cfg, self.device = cfg, device

@@ -106,6 +106,7 @@ class Decoder(nn.Module):
 class ModularTask(Task):
     name = "modular"
     graph_safe_loss = graph_safe_eval = True
+    batch_dim = 1  # (5, batch): rows x, op, y, eq, answer
 
     def __init__(self, cfg: ModularConfig, device: torch.device):
         self.cfg = cfg

@@ -32,8 +32,12 @@ per-epoch mean validation MSE: `min_val_loss`.
 
 Speed: all graphs live on the device, pre-collated as one batch; a mini-batch is gathered from a list
 of graph ids with a few vectorised index ops (`GraphStore.gather`), no PyG collation, no Python loop
-per graph. Graph counts come from CPU tensors, so building a batch never waits for the GPU, and the
-forward pass passes every size PyG would otherwise compute with a host sync.
+per graph. A training batch is padded to a fixed size per batch size (the sum of the largest train
+molecules' node / edge counts, + 1): padding nodes have zero features and their own graph slot,
+padding edges are self-loops on a padding node, so real graphs' outputs are unchanged and the pooled
+padding row is dropped. `train_batch` returns only the molecule ids (on the device) and `loss` gathers
+and runs the model, every size given, so a training step has fixed shapes (two: batches of 32 and
+18) and no host sync, and the engine replays it as a CUDA graph (as it does evaluation).
 
 `fast_conv` (default on): the layers are PyG's NNConv modules (same parameters, names, init), but their
 forward is evaluated in an equivalent, cheaper way. NNConv runs the edge MLP on every edge (E x 4 ->
@@ -119,11 +123,13 @@ class Qm9Config(Config):
 
 
 class GraphBatch(NamedTuple):
-    """A collated mini-batch, as PyG's Batch holds it (edge_index already offset per graph)."""
+    """A collated mini-batch, as PyG's Batch holds it (edge_index already offset per graph), possibly
+    followed by padding: nodes with zero features in graph slot `num_graphs` and self-loop edges on the
+    last node (a padding node), which touch no real graph."""
     x: torch.Tensor  # (N, 11)
     edge_index: torch.Tensor  # (2, E), indices into x
     edge_attr: torch.Tensor  # (E, 4)
-    batch: torch.Tensor  # (N,) graph slot of every node
+    batch: torch.Tensor  # (N,) graph slot of every node; num_graphs for padding nodes
     y: torch.Tensor  # (B, 1) target
     num_graphs: int
     edge_type: torch.Tensor  # (E,) row of `type_attr` equal to each edge's edge_attr
@@ -133,9 +139,9 @@ class GraphBatch(NamedTuple):
 class GraphStore:
     """Every graph of a dataset concatenated on the device, and batches gathered from graph ids.
 
-    Node features / edges are stored graph after graph; `edge_index` holds each graph's own (local)
-    node numbers. The per-graph node and edge counts are kept on the CPU as well, so the size of a batch
-    is known without reading the device.
+    Node features / edges are stored graph after graph; `local_edge_index` holds each graph's own node
+    numbers. `gather` builds a batch with a fixed number of vectorised ops and no host sync, given its
+    output sizes; the per-graph counts are also kept on the CPU, to compute exact sizes or paddings.
     """
 
     def __init__(self, graphs: list, target: int, device: torch.device):
@@ -143,12 +149,13 @@ class GraphStore:
         self.num_nodes_cpu = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
         self.num_edges_cpu = torch.tensor([g.edge_index.shape[1] for g in graphs], dtype=torch.long)
         zero = torch.zeros(1, dtype=torch.long)
-        self.x = torch.cat([g.x for g in graphs]).to(device)
-        self.edge_attr = torch.cat([g.edge_attr for g in graphs]).to(device)
+        x = torch.cat([g.x for g in graphs])
+        self.pad_row = x.shape[0]  # a zero row after the last node: padding nodes read it
+        self.x = torch.cat([x, x.new_zeros(1, x.shape[1])]).to(device)
         self.local_edge_index = torch.cat([g.edge_index for g in graphs], dim=1).to(device)
-        self.y = torch.cat([g.y[:, target] for g in graphs]).view(-1, 1).to(device)
         type_attr, edge_type = torch.unique(torch.cat([g.edge_attr for g in graphs]), dim=0, return_inverse=True)
         self.type_attr, self.edge_type = type_attr.to(device), edge_type.to(device)
+        self.y = torch.cat([g.y[:, target] for g in graphs]).view(-1, 1).to(device)
         self.num_nodes = self.num_nodes_cpu.to(device)
         self.num_edges = self.num_edges_cpu.to(device)
         self.node_ptr = torch.cat([zero, self.num_nodes_cpu.cumsum(0)]).to(device)
@@ -157,27 +164,50 @@ class GraphStore:
     def __len__(self) -> int:
         return len(self.num_nodes_cpu)
 
-    def gather(self, ids: torch.Tensor) -> GraphBatch:
-        """The batch of graphs `ids` (a CPU long tensor), in that order: what Batch.from_data_list gives."""
-        ids = ids.cpu()
-        num_graphs = len(ids)
-        total_nodes = int(self.num_nodes_cpu[ids].sum())  # CPU arithmetic: no device sync
-        total_edges = int(self.num_edges_cpu[ids].sum())
+    def sizes(self, ids: torch.Tensor) -> tuple[int, int]:
+        """Exact (nodes, edges) of the batch of graphs `ids` (a CPU tensor)."""
+        return int(self.num_nodes_cpu[ids].sum()), int(self.num_edges_cpu[ids].sum())
+
+    def padded_sizes(self, pool: torch.Tensor, num_graphs: int) -> tuple[int, int]:
+        """(nodes, edges) that hold any `num_graphs` graphs of `pool` (CPU ids), plus one padding node
+        and one padding edge, so every padding edge can sit on a padding node."""
+        nodes = int(self.num_nodes_cpu[pool].sort(descending=True).values[:num_graphs].sum())
+        edges = int(self.num_edges_cpu[pool].sort(descending=True).values[:num_graphs].sum())
+        return nodes + 1, edges + 1
+
+    def _layout(self, counts: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For `size` output slots filled graph after graph with counts[b] items each: the graph slot of
+        every output item (len(counts) past the end), that slot clamped to a real one, and the item's
+        position inside its graph."""
+        end = counts.cumsum(0)
+        position = torch.arange(size, device=self.device)
+        slot = torch.searchsorted(end, position, right=True)
+        real_slot = slot.clamp(max=len(counts) - 1)
+        return slot, real_slot, position - (end - counts)[real_slot]
+
+    def gather(self, ids: torch.Tensor, num_nodes: int | None = None, num_edges: int | None = None) -> GraphBatch:
+        """The batch of graphs `ids`, in that order: what Batch.from_data_list gives, followed by padding
+        up to (num_nodes, num_edges) when those exceed the exact sizes. Without sizes, `ids` must be on
+        the CPU (the exact sizes are computed there); with them, nothing is read back from the device,
+        so the ops can be captured in a CUDA graph."""
+        if num_nodes is None or num_edges is None:
+            num_nodes, num_edges = self.sizes(ids)
         g = ids.to(self.device, non_blocking=True)
-        slots = torch.arange(num_graphs, device=self.device)
+        num_graphs = len(g)
 
         n = self.num_nodes[g]
-        batch = torch.repeat_interleave(slots, n, output_size=total_nodes)  # graph slot of each output node
-        node_start = n.cumsum(0) - n  # first output node of each slot
-        node_src = self.node_ptr[g][batch] + torch.arange(total_nodes, device=self.device) - node_start[batch]
+        batch, node_slot, node_pos = self._layout(n, num_nodes)
+        is_node = batch < num_graphs
+        node_src = torch.where(is_node, self.node_ptr[g][node_slot] + node_pos, self.pad_row)
+        node_start = n.cumsum(0) - n  # first output node of each graph
 
-        e = self.num_edges[g]
-        edge_slot = torch.repeat_interleave(slots, e, output_size=total_edges)
-        edge_start = e.cumsum(0) - e
-        edge_src = self.edge_ptr[g][edge_slot] + torch.arange(total_edges, device=self.device) - edge_start[edge_slot]
-        edge_index = self.local_edge_index[:, edge_src] + node_start[edge_slot]
-        return GraphBatch(self.x[node_src], edge_index, self.edge_attr[edge_src], batch, self.y[g], num_graphs,
-                          self.edge_type[edge_src], self.type_attr)
+        edge_slot_or_pad, edge_slot, edge_pos = self._layout(self.num_edges[g], num_edges)
+        is_edge = edge_slot_or_pad < num_graphs
+        edge_src = torch.where(is_edge, self.edge_ptr[g][edge_slot] + edge_pos, 0)
+        edge_index = torch.where(is_edge, self.local_edge_index[:, edge_src] + node_start[edge_slot], num_nodes - 1)
+        edge_type = torch.where(is_edge, self.edge_type[edge_src], 0)
+        return GraphBatch(self.x[node_src], edge_index, self.type_attr[edge_type], batch, self.y[g], num_graphs,
+                          edge_type, self.type_attr)
 
 
 def nnconv_by_edge_type(conv, x: torch.Tensor, edge_index: torch.Tensor, edge_type: torch.Tensor,
@@ -226,14 +256,16 @@ class Qm9Net(nn.Module):
         else:
             x = F.relu(self.conv1(g.x, g.edge_index, g.edge_attr))
             x = F.relu(self.conv2(x, g.edge_index, g.edge_attr))
-        x = self.global_add_pool(x, g.batch, size=g.num_graphs)
+        x = self.global_add_pool(x, g.batch, size=g.num_graphs + 1)[:g.num_graphs]  # row num_graphs: padding
         return self.out(F.relu(self.fc_1(x)))
 
 
 class Qm9Task(Task):
     name = "qm9"
-    graph_safe_loss = False  # a batch's node/edge counts depend on which molecules it holds
-    graph_safe_eval = True  # one fixed batch of all molecules; no host sync in NNConv / add pooling
+    # training batches are padded to fixed sizes per batch size, and built inside loss() from device ids;
+    # evaluation is one fixed batch of all molecules; no host sync in the gather, NNConv or add pooling
+    graph_safe_loss = graph_safe_eval = True
+    batch_dim = 0  # a batch is a vector of molecule ids (any cut of it is padded to its own fixed sizes)
 
     def __init__(self, cfg: Qm9Config, device: torch.device):
         from repro.data.paths import resolve_data_dir
@@ -258,11 +290,21 @@ class Qm9Task(Task):
         self.eval_every = cfg.eval_every or self.batches.batches_per_epoch
         self.eval_batch = self.store.gather(torch.cat([self.train_ids, self.val_ids]))  # one forward for both
         self.n_train = n_train
+        self._padded_sizes: dict[int, tuple[int, int]] = {}
 
-    def train_batch(self, step: int) -> GraphBatch:
-        return self.store.gather(self.train_ids[self.batches(step)])
+    def train_batch(self, step: int) -> torch.Tensor:
+        """The ids (on the device) of the molecules of update `step`; loss() gathers them."""
+        return self.train_ids[self.batches(step)].to(self.device, non_blocking=True)
 
-    def loss(self, batch: GraphBatch) -> torch.Tensor:
+    def padded_sizes(self, num_graphs: int) -> tuple[int, int]:
+        """(nodes, edges) a training batch of `num_graphs` molecules is padded to: fixed shapes per batch
+        size (32 and 18 for 50 molecules), so each can be replayed as a CUDA graph."""
+        if num_graphs not in self._padded_sizes:
+            self._padded_sizes[num_graphs] = self.store.padded_sizes(self.train_ids, num_graphs)
+        return self._padded_sizes[num_graphs]
+
+    def loss(self, ids: torch.Tensor) -> torch.Tensor:
+        batch = self.store.gather(ids, *self.padded_sizes(len(ids)))
         return F.mse_loss(self.model(batch), batch.y)
 
     def is_eval_step(self, step: int) -> bool:
