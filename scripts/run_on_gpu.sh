@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One GPU sitting of the reproduction: the runs of the named tables, all at once, under CUDA MPS when
+# the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
+# instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
+#   scripts/run_on_gpu.sh --tables "imdb qm9" [--seeds "0 1 2"] [--jobs 18] [--deadline 560] [--results results]
+# Writes RESULTS/sittings/<start time>.json: the tables, the runs, the wall time, the device.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TABLES="modular_ema modular_ma mnist imdb qm9"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="results"
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tables) TABLES="$2"; shift 2 ;;
+    --seeds) SEEDS="$2"; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
+    --deadline) DEADLINE="$2"; shift 2 ;;
+    --results) RESULTS="$2"; shift 2 ;;
+    *) echo "unknown option: $1" >&2; exit 2 ;;
+  esac
+done
+commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
+           | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
+mps=0
+if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then mps=1; fi
+start=$(date +%s)
+printf '%s\n' "$commands" | scripts/run_commands.sh --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
+end=$(date +%s)
+[ "$mps" = 1 ] && echo quit | nvidia-cuda-mps-control
+mkdir -p "$RESULTS/sittings"
+python3 - "$RESULTS/sittings/$(date -u -d @"$start" +%Y%m%dT%H%M%SZ).json" "$start" "$end" "$TABLES" "$SEEDS" \
+    "$JOBS" "$DEADLINE" "$mps" "$commands" <<'PY'
+import json, sys, torch
+path, start, end, tables, seeds, jobs, deadline, mps, commands = sys.argv[1:]
+json.dump({"tables": tables.split(), "seeds": seeds.split(), "jobs": int(jobs), "deadline_s": int(deadline),
+           "mps": mps == "1", "wall_s": int(end) - int(start), "runs": commands.splitlines(),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
+          open(path, "w"), indent=2)
+print(f"sitting: {int(end) - int(start)} s wall for {len(commands.splitlines())} runs -> {path}")
+PY
