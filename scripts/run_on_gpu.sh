@@ -19,14 +19,21 @@ while [ $# -gt 0 ]; do
 done
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
            | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
-mps=0
-if command -v nvidia-cuda-mps-control >/dev/null && nvidia-cuda-mps-control -d 2>/dev/null; then mps=1; fi
+mps=0; started_mps=0  # an MPS daemon already running (another sitting's) is used, and left to its owner
+if command -v nvidia-cuda-mps-control >/dev/null; then
+  if pgrep -x nvidia-cuda-mps >/dev/null; then mps=1
+  elif nvidia-cuda-mps-control -d 2>/dev/null; then mps=1; started_mps=1; fi
+fi
 start=$(date +%s)
 printf '%s\n' "$commands" | scripts/run_commands.sh --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
 end=$(date +%s)
-[ "$mps" = 1 ] && echo quit | nvidia-cuda-mps-control
+if [ "$started_mps" = 1 ]; then
+  while pgrep -f "main.*\.py .*--results_dir $RESULTS" >/dev/null; do sleep 5; done  # other sittings' runs
+  echo quit | nvidia-cuda-mps-control
+fi
 mkdir -p "$RESULTS/sittings"
-python3 - "$RESULTS/sittings/$(date -u -d @"$start" +%Y%m%dT%H%M%SZ).json" "$start" "$end" "$TABLES" "$SEEDS" \
+name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(echo "$SEEDS" | tr -d ' ')"
+python3 - "$RESULTS/sittings/$name.json" "$start" "$end" "$TABLES" "$SEEDS" \
     "$JOBS" "$DEADLINE" "$mps" "$commands" <<'PY'
 import json, sys, torch
 path, start, end, tables, seeds, jobs, deadline, mps, commands = sys.argv[1:]
