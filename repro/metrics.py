@@ -1,5 +1,6 @@
 """Run records: the header (commit, versions, device), metrics.jsonl, summary.json, and their arithmetic."""
 import importlib.metadata
+import gzip
 import json
 import math
 import os
@@ -109,10 +110,14 @@ def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: flo
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only: a line cut by a crash is ignored, not an error."""
+    """Complete lines only: a line cut by a crash is ignored, not an error. A finished run's log may be
+    stored gzipped beside the name (`metrics.jsonl.gz`, as results/ keeps the long ones)."""
     records = []
-    if path.exists():
-        for line in path.read_text().splitlines():
+    path = Path(path)
+    gz = path.with_name(path.name + ".gz")
+    text = path.read_text() if path.exists() else gzip.decompress(gz.read_bytes()).decode() if gz.exists() else ""
+    if text:
+        for line in text.splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:

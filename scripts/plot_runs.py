@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="*", help="one legend label per run (default: run names)")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
-    missing = [str(d) for d in args.run_dirs if not (d / "metrics.jsonl").exists()]
+    missing = [str(d) for d in args.run_dirs if not any((d / n).exists() for n in ("metrics.jsonl", "metrics.jsonl.gz"))]
     if missing:
         parser.error(f"no metrics.jsonl in: {', '.join(missing)}")
     if args.labels and len(args.labels) != len(args.run_dirs):

@@ -31,3 +31,13 @@ def test_metrics_log_appends_and_ignores_a_cut_last_line(tmp_path):
     log = MetricsLog(path)
     log.truncate_to(1)
     assert [r["step"] for r in read_jsonl(path)] == [10]
+
+
+def test_read_jsonl_reads_a_gzipped_log_and_ignores_a_cut_line(tmp_path):
+    import gzip
+    import json
+
+    lines = [json.dumps(r) for r in records([0.5, 0.96])]
+    (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + '\n{"step": 3').encode()))
+    assert read_jsonl(tmp_path / "metrics.jsonl") == records([0.5, 0.96])
+    assert read_jsonl(tmp_path / "absent.jsonl") == []
