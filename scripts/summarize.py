@@ -9,8 +9,10 @@ scripts/tables.yaml and sit in their own column. Runs are grouped by task and --
 import argparse
 import json
 import os
+import math
 import statistics
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
@@ -116,6 +118,39 @@ def speedup(base: list[dict], fast: list[dict], threshold: float = 0.95) -> str:
     return f"{what} (baseline mean / Grokfast mean): {bound}×{b['mean'] / f['mean']:.2f}"
 
 
+def finished(run: dict) -> bool:
+    """Ran its whole budget or stopped early by the early-stop rule (not interrupted)."""
+    return run["summary"].get("stopped", "budget") == "budget" or run["summary"]["stopped"].startswith("early_stop")
+
+
+def row_name(spec: dict, run: dict) -> str:
+    return spec["rows"][run["config"]["label"]]["name"]
+
+
+def sittings_markdown(results: Path) -> str:
+    """What the GPU sittings (scripts/run_on_gpu.sh records) cost: their union of wall time."""
+    files = sorted((results / "sittings").glob("*.json"))
+    if not files:
+        return ""
+    spans, runs, jobs, devices = [], 0, 0, set()
+    for f in files:
+        rec = json.loads(f.read_text())
+        start = datetime.strptime(f.name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+        spans.append((start, start + rec["wall_s"]))
+        runs, jobs = runs + len(rec["runs"]), max(jobs, rec["jobs"])
+        devices.add(rec["device"])
+    spans.sort()
+    total, end = 0.0, -math.inf
+    for a, b in spans:  # sittings that ran side by side count once
+        total += max(0.0, b - max(a, end))
+        end = max(end, b)
+    return (f"**GPU time.** {len(files)} sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`) on "
+            f"{', '.join(sorted(devices))}: {total / 60:.1f} minutes of GPU wall time in all, {runs} run "
+            f"launches (a resumed run counts again), up to {jobs} runs of a sitting at once under CUDA MPS. "
+            "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
+            "crowded GPU, not of a run alone: `results/bench/probe_h100.txt` has each task alone.\n")
+
+
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
                    out_dir: Path, figures: Path) -> str:
     task_runs = [r for r in runs if r["summary"].get("task") == spec["task"]]
@@ -138,6 +173,11 @@ def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list
         cells.append(links or "none")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    cut = [f"{row_name(spec, r)} s{r['summary']['seed']} ({r['summary']['stopped']})"
+           for label in spec["rows"] for r in by_label[label] if not finished(r)]
+    if cut:
+        lines += ["Stopped before their budget (shown with `>`; a sitting's deadline, not the paper's budget): "
+                  + "; ".join(cut) + ".", ""]
     if spec["kind"] == "accuracy":
         lines += ["; ".join(speedup(by_label[spec["baseline"]], by_label[spec["grokfast"]], t)
                             for t in thresholds) + ".", ""]
@@ -152,11 +192,27 @@ def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list
     return "\n".join(lines)
 
 
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def inject(readme: Path, body: str, tables_dir: Path) -> None:
+    """Replace what lies between the README's results markers; links are re-based to the README's folder."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
+    prefix = relpath(tables_dir, readme.parent)
+    body = body.replace("](", f"]({prefix}/") if prefix != "." else body
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(head + BEGIN + "\n" + body.strip() + "\n" + END + rest.split(END, 1)[1])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"), help="folder of <task>/<run>/ folders")
     parser.add_argument("--out", type=Path, default=None, help="markdown to write (default <results>/README.md)")
     parser.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.90, 0.95])
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also copy the tables into this file between its results markers (README.md)")
     parser.add_argument("--tables", nargs="*", help="table ids to include (default: all in tables.yaml)")
     args = parser.parse_args(argv)
     if not args.results.is_dir():
@@ -175,8 +231,11 @@ def main(argv=None) -> int:
         if args.tables and table_id not in args.tables:
             continue
         parts.append(table_markdown(table_id, spec, runs, args.thresholds, out.parent, out.parent / "figures"))
+    parts.insert(4, sittings_markdown(args.results))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(parts))
+    if args.readme:
+        inject(args.readme, "\n".join(parts[2:]), out.parent)
     print(f"wrote {out} from {len(runs)} runs")
     return 0
 
