@@ -72,3 +72,18 @@ def test_missing_results_folder_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         summarize.main(["--results", str(tmp_path / "nope")])
     assert info.value.code == 2 and "no results folder" in capsys.readouterr().err
+
+
+def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once(results, tmp_path):
+    sittings = results / "sittings"
+    sittings.mkdir(exist_ok=True)
+    for name, wall in (("20261124T100000Z_a_s0.json", 100), ("20261124T100050Z_b_s0.json", 100)):
+        (sittings / name).write_text(json.dumps({"runs": ["x"], "jobs": 2, "wall_s": wall, "device": "GPU"}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{summarize.BEGIN}\nold\n{summarize.END}\nbottom\n")
+    assert summarize.main(["--results", str(results), "--out", str(results / "tables.md"),
+                           "--tables", "modular_ema", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("top\n") and text.endswith("bottom\n") and "\nold\n" not in text
+    assert "2.5 minutes of GPU wall time" in text  # 10:00:00-10:01:40 and 10:00:50-10:02:30 overlap
+    assert f"]({results.name}/figures/modular_ema.png)" in text  # links re-based to the README's folder
