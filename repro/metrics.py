@@ -109,14 +109,20 @@ def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: flo
     return summary
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only: a line cut by a crash is ignored, not an error. A finished run's log may be
-    stored gzipped beside the name (`metrics.jsonl.gz`, as results/ keeps the long ones)."""
-    records = []
+def stored_jsonl(path: Path) -> Path | None:
+    """Where the log `path` is stored: itself, or gzipped beside it (`metrics.jsonl.gz`, as results/
+    keeps the long ones of finished runs); None when neither exists."""
     path = Path(path)
-    gz = path.with_name(path.name + ".gz")
-    text = path.read_text() if path.exists() else gzip.decompress(gz.read_bytes()).decode() if gz.exists() else ""
-    if text:
+    return next((p for p in (path, path.with_name(path.name + ".gz")) if p.exists()), None)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Complete lines only: a line cut by a crash is ignored, not an error. Reads a gzipped copy too."""
+    records = []
+    stored = stored_jsonl(path)
+    if stored is not None:
+        data = stored.read_bytes()
+        text = (gzip.decompress(data) if stored.suffix == ".gz" else data).decode()
         for line in text.splitlines():
             try:
                 records.append(json.loads(line))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from repro.metrics import stored_jsonl  # noqa: E402
 from repro.plots import plot_runs  # noqa: E402
 
 
@@ -17,7 +18,7 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="*", help="one legend label per run (default: run names)")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
-    missing = [str(d) for d in args.run_dirs if not any((d / n).exists() for n in ("metrics.jsonl", "metrics.jsonl.gz"))]
+    missing = [str(d) for d in args.run_dirs if stored_jsonl(d / "metrics.jsonl") is None]
     if missing:
         parser.error(f"no metrics.jsonl in: {', '.join(missing)}")
     if args.labels and len(args.labels) != len(args.run_dirs):

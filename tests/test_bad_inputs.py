@@ -75,6 +75,7 @@ CASES = [
     ("main_mnist.py", ["--depth", "1"], "depth must be >= 2"),
     ("main_imdb.py", ["--num_reviews", "3"], "num_reviews must be >= 8"),
     ("main_imdb.py", ["--eval_every", "0"], "eval_every must be >= 1"),
+    ("main_imdb.py", ["--eval_chunk", "0"], "eval_chunk must be >= 1"),
     ("main_qm9.py", ["--size", "1"], "size must be >= 2"),
     ("main_qm9.py", ["--target", "19"], "target must be in [0, 19)"),
     ("main_qm9.py", ["--features", "raw"], "features must be one of"),
