@@ -24,19 +24,22 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def git_commit() -> str:
-    """The commit of this checkout, with '-dirty' if tracked files differ. Outside a git checkout (a copy
-    of the tree sent to a GPU machine) $GROKFAST_GIT_COMMIT, set by whoever made the copy; else 'unknown'."""
-    fallback = os.environ.get("GROKFAST_GIT_COMMIT", "unknown")
+    """$GROKFAST_GIT_COMMIT when set: whoever copied the tree to another machine knows its commit, and a
+    copy may carry a stale .git of its own (one sent to a GPU machine here did). Else the commit of this
+    checkout, with '-dirty' if tracked files differ; else 'unknown'."""
+    if os.environ.get("GROKFAST_GIT_COMMIT"):
+        return os.environ["GROKFAST_GIT_COMMIT"]
+
     def git(*args):
         return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
     try:
         head = git("rev-parse", "HEAD")
         if head.returncode != 0:
-            return fallback
+            return "unknown"
         dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
         return head.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
-        return fallback
+        return "unknown"
 
 
 def device_name(device: torch.device) -> str:

@@ -41,3 +41,12 @@ def test_read_jsonl_reads_a_gzipped_log_and_ignores_a_cut_line(tmp_path):
     (tmp_path / "metrics.jsonl.gz").write_bytes(gzip.compress(("\n".join(lines) + '\n{"step": 3').encode()))
     assert read_jsonl(tmp_path / "metrics.jsonl") == records([0.5, 0.96])
     assert read_jsonl(tmp_path / "absent.jsonl") == []
+
+
+def test_an_explicit_commit_wins_over_the_checkouts(monkeypatch):
+    from repro.metrics import git_commit
+
+    monkeypatch.setenv("GROKFAST_GIT_COMMIT", "abc1234")
+    assert git_commit() == "abc1234"
+    monkeypatch.delenv("GROKFAST_GIT_COMMIT")
+    assert git_commit() not in ("abc1234", "")
