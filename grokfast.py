@@ -200,6 +200,30 @@ def gradfilter_ma(
 # --------------------------------------------------------------------------- stateful filter
 
 
+class _Group:
+    """Parameters stepped together: their positions in the parameter list, their state, and (MA) their
+    shared count and the ring's slot views, listed per slot so a step just picks one list."""
+
+    def __init__(self, members: list, window_size: int):
+        self.index = [i for i, _, _ in members]
+        self.states = [st for _, _, st in members]
+        first = self.states[0]
+        self.dtype = (first["ema"] if "ema" in first else first["sum"]).dtype
+        self._tensors = {name: [st[name] for st in self.states] for name in first if name != "count"}
+        if "window" in first:
+            self.count = first["count"]
+            self.slots = list(zip(*(st["window"].unbind(0) for st in self.states)))
+            self.slots = [list(s) for s in self.slots]
+
+    def tensors(self, name: str) -> list:
+        return self._tensors[name]
+
+
+class _Plan:
+    def __init__(self, present: list, foreach: bool, groups: list):
+        self.present, self.foreach, self.groups = present, foreach, groups
+
+
 class GradFilter:
     """Grokfast filter object for new code; `step()` filters the current .grads in place.
 
@@ -251,7 +275,7 @@ class GradFilter:
         self.foreach, self.enabled = foreach, bool(enabled)
         self.state: dict = {}
         self._handles: list = []
-        self._rings: dict = {}  # key -> (window, its w slot views)
+        self._plan: _Plan | None = None  # cached grouping of the parameters (see _make_plan)
 
     def __repr__(self) -> str:
         hp = f"alpha={self.alpha}" if self.kind == "ema" else (
@@ -262,49 +286,44 @@ class GradFilter:
     @torch.no_grad()
     def step(self) -> None:
         """Filter the current gradients in place (call after backward/clipping, before optimizer.step)."""
-        items = _trainable_grads(self._params)
-        for _, g in items:
+        grads = [p.grad if p.requires_grad else None for _, p in self._params]
+        present = [g is not None for g in grads]
+        plan = self._plan
+        if plan is None or plan.present != present or any(
+                grads[group.index[0]].dtype != group.dtype for group in plan.groups):
+            plan = self._plan = self._make_plan(grads, present)
+        run = self._run_ema if self.kind == "ema" else self._run_ma
+        for group in plan.groups:
+            run(group, [grads[i] for i in group.index])
+
+    def _make_plan(self, grads: list, present: list) -> "_Plan":
+        """Group the parameters that have a gradient (by device and dtype for foreach; MA also by count,
+        so a group shares its ring position) and create state for new ones. Rebuilt only when the set
+        of gradients changes, so a step costs little more than its kernels."""
+        items = [(i, self._params[i][0], grads[i]) for i in range(len(grads)) if present[i]]
+        for _, _, g in items:
             _check_dense(g)
-        foreach = self.foreach if self.foreach is not None else _default_foreach([g for _, g in items])
-        for group in _groups(items, foreach):
-            (self._step_ema if self.kind == "ema" else self._step_ma)(group, foreach)
-
-    def _step_ema(self, items, foreach: bool) -> None:
-        """One device/dtype group (or any tensors, for the loop)."""
-        hs, gs = [], []
-        for key, g in items:
+        foreach = self.foreach if self.foreach is not None else _default_foreach([g for *_, g in items])
+        buckets: dict = {}
+        for i, key, g in items:
             st = self.state.get(key)
             if st is None:
-                st = self.state[key] = {"ema": g.clone()}  # the lerp below then leaves h == g exactly
-            hs.append(st["ema"])
-            gs.append(g)
-        _ema_(hs, gs, self.alpha, self.lamb, self.enabled, foreach)
+                st = self.state[key] = self._new_state(g)
+            bucket = ((g.device, g.dtype) if foreach else ()) + ((st["count"],) if self.kind == "ma" else ())
+            buckets.setdefault(bucket, []).append((i, key, st))
+        return _Plan(present, foreach, [_Group(members, self.window_size) for members in buckets.values()])
 
-    def _step_ma(self, items, foreach: bool) -> None:
-        """One device/dtype group (or any tensors, for the loop)."""
-        w = self.window_size
-        sums, slots, gs = [], [], []
-        resum = []  # parameters whose ring just wrapped: exact re-sum
-        apply = {}  # scale -> ([grads], [sums]); several scales only when counts differ
-        for key, g in items:
-            st = self.state.get(key)
-            if st is None:
-                st = self.state[key] = {"window": g.new_zeros((w, *g.shape)), "sum": torch.zeros_like(g), "count": 0}
-            ring = self._rings.get(key)
-            if ring is None or ring[0] is not st["window"]:  # cached slot views: indexing costs ~1 us each
-                ring = self._rings[key] = (st["window"], st["window"].unbind(0))
-            slots.append(ring[1][st["count"] % w])  # zeros while filling, else the evicted gradient
-            sums.append(st["sum"])
-            gs.append(g)
-            st["count"] += 1
-            n = st["count"]
-            if n % w == 0:
-                resum.append(st)
-            if self.enabled and (n >= w or not self.warmup):
-                scale = self.lamb / min(n, w) if self.filter_type == "mean" else self.lamb
-                pair = apply.setdefault(scale, ([], []))
-                pair[0].append(g)
-                pair[1].append(st["sum"])
+    def _new_state(self, g: torch.Tensor) -> dict:
+        if self.kind == "ema":
+            return {"ema": g.clone()}  # the lerp then leaves h == g exactly
+        return {"window": g.new_zeros((self.window_size, *g.shape)), "sum": torch.zeros_like(g), "count": 0}
+
+    def _run_ema(self, group: "_Group", gs: list) -> None:
+        _ema_(group.tensors("ema"), gs, self.alpha, self.lamb, self.enabled, self._plan.foreach)
+
+    def _run_ma(self, group: "_Group", gs: list) -> None:
+        w, foreach = self.window_size, self._plan.foreach
+        sums, slots = group.tensors("sum"), group.slots[group.count % w]  # slot: zeros while filling, else evicted
         # sum += g - evicted; the slot takes g
         if foreach:
             torch._foreach_sub_(sums, slots)
@@ -315,13 +334,18 @@ class GradFilter:
                 s.sub_(o)
                 o.copy_(g)
                 s.add_(g)
-        for st in resum:
-            st["sum"].copy_(st["window"].sum(0))
-        for scale, (g_all, s_all) in apply.items():  # g += scale*sum
+        n = group.count = group.count + 1
+        for st in group.states:
+            st["count"] = n
+        if n % w == 0:  # the ring wrapped: an exact re-sum bounds the running sum's drift
+            for st in group.states:
+                st["sum"].copy_(st["window"].sum(0))
+        if self.enabled and (n >= w or not self.warmup):  # g += scale*sum
+            scale = self.lamb / min(n, w) if self.filter_type == "mean" else self.lamb
             if foreach:
-                torch._foreach_add_(g_all, s_all, alpha=scale)
+                torch._foreach_add_(gs, sums, alpha=scale)
             else:
-                for g, s in zip(g_all, s_all):
+                for g, s in zip(gs, sums):
                     g.add_(s, alpha=scale)
 
     # ----------------------------------------------------------------------- optimizer integration
@@ -361,6 +385,7 @@ class GradFilter:
             raise ValueError(f"state_dict has state for unknown parameters: {sorted(map(str, unknown))}")
         self.alpha, self.lamb, self.filter_type = float(hp["alpha"]), float(hp["lamb"]), hp["filter_type"]
         self.warmup, self.enabled = bool(hp["warmup"]), bool(hp["enabled"])
+        self._plan = None  # new state tensors: regroup at the next step
         self.state = {
             key: {name: v.to(device=params[key].device, dtype=params[key].dtype, copy=True)
                   if isinstance(v, torch.Tensor) else v for name, v in st.items()}
