@@ -23,17 +23,46 @@ COMMON = ["--p", "23", "--batch_size", "64", "--dim", "32", "--num_heads", "2", 
 # near-zero gradient entry into a step of size lr, so two correct runs differ by ~lr there
 SGD = ["--optimizer", "SGD", "--lr", "0.1", "--momentum", "0.9"]
 ADAM = ["--optimizer", "Adam", "--lr", "1e-3", "--grad_accum_steps", "2", "--clip_grad_norm", "0.5"]
+TIMEOUT_S = 240  # both runs take ~5 s alone, ~35 s with the 2 cores shared by 8 ranks
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     (out / "runs.json").write_text(json.dumps([COMMON + SGD, COMMON + ADAM]))
+    # --standalone: the rendezvous store listens on a port the OS picks (no fixed port that another run
+    # on the machine could hold); one thread per rank, so the 2 ranks do not oversubscribe 2 cores
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "tests/ddp_worker.py", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "tests/ddp_worker.py", str(out)],
-                            cwd=REPO, capture_output=True, text=True, timeout=240, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the output goes to files, not pipes: all of it can be read even when the run has to be stopped
+    with (out / "torchrun.out").open("w") as stdout, (out / "torchrun.err").open("w") as stderr:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
+        try:
+            proc.wait(timeout=TIMEOUT_S)
+            failure = f"exited with status {proc.returncode}" if proc.returncode else None
+        except subprocess.TimeoutExpired:
+            failure = f"was still running after {TIMEOUT_S} s"
+        finally:  # also on Ctrl-C
+            stop(proc)
+    if failure:
+        pytest.fail(f"torchrun {failure}: {' '.join(cmd)}\n"
+                    f"----- stdout -----\n{(out / 'torchrun.out').read_text().rstrip() or '(empty)'}\n"
+                    f"----- stderr -----\n{(out / 'torchrun.err').read_text().rstrip() or '(empty)'}",
+                    pytrace=False)
     return out
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Stop torchrun if it still runs. SIGTERM, not SIGKILL: torchrun then stops its ranks (each in a
+    session of its own, SIGKILL after 30 s), where a killed torchrun would leave them running."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def load(out, run, rank):
