@@ -201,22 +201,37 @@ def gradfilter_ma(
 
 
 class _Group:
-    """Parameters stepped together: their positions in the parameter list, their state, and (MA) their
-    shared count and the ring's slot views, listed per slot so a step just picks one list."""
+    """Parameters stepped together: their positions in the parameter list and their state. MA groups
+    share a count and keep one (w, N) ring and one (N,) running sum for all their parameters (each
+    parameter's 'window' and 'sum' are views into them), so the sum's update is two plain kernels."""
 
     def __init__(self, members: list, window_size: int):
-        self.index = [i for i, _, _ in members]
-        self.states = [st for _, _, st in members]
-        first = self.states[0]
-        self.dtype = (first["ema"] if "ema" in first else first["sum"]).dtype
-        self._tensors = {name: [st[name] for st in self.states] for name in first if name != "count"}
-        if "window" in first:
-            self.count = first["count"]
-            self.slots = list(zip(*(st["window"].unbind(0) for st in self.states)))
-            self.slots = [list(s) for s in self.slots]
+        self.index = [i for i, _, _, _ in members]
+        self.states = [st for _, _, st, _ in members]
+        grads = [g for _, _, _, g in members]
+        self.dtype = grads[0].dtype
+        if "ema" in self.states[0]:
+            self.emas = [st["ema"] for st in self.states]
+        else:
+            self._flatten_ma(grads, window_size)
 
-    def tensors(self, name: str) -> list:
-        return self._tensors[name]
+    def _flatten_ma(self, grads: list, w: int) -> None:
+        sizes = [g.numel() for g in grads]
+        self.ring = grads[0].new_zeros((w, sum(sizes)))
+        self.sum = grads[0].new_zeros(sum(sizes))
+        self.count = self.states[0]["count"]
+        offset = 0
+        for st, g, size in zip(self.states, grads, sizes):
+            window = self.ring[:, offset:offset + size].view(w, *g.shape)
+            total = self.sum[offset:offset + size].view(g.shape)
+            if "window" in st:  # state from before a regrouping, or loaded: carried over
+                window.copy_(st["window"])
+                total.copy_(st["sum"])
+            st["window"], st["sum"] = window, total
+            offset += size
+        self.sums = [st["sum"] for st in self.states]
+        self.rows = self.ring.unbind(0)  # cached: indexing costs ~1 us a call
+        self.slots = [[st["window"][k] for st in self.states] for k in range(w)]
 
 
 class _Plan:
@@ -307,45 +322,38 @@ class GradFilter:
         buckets: dict = {}
         for i, key, g in items:
             st = self.state.get(key)
-            if st is None:
-                st = self.state[key] = self._new_state(g)
-            bucket = ((g.device, g.dtype) if foreach else ()) + ((st["count"],) if self.kind == "ma" else ())
-            buckets.setdefault(bucket, []).append((i, key, st))
+            if st is None:  # MA: its window and sum are made by the group (views of the group's ring)
+                st = self.state[key] = {"ema": g.clone()} if self.kind == "ema" else {"count": 0}
+            # EMA state starts as a copy of g: the lerp then leaves h == g exactly
+            bucket = (g.device, g.dtype) if foreach or self.kind == "ma" else ()
+            buckets.setdefault(bucket + ((st["count"],) if self.kind == "ma" else ()), []).append((i, key, st, g))
         return _Plan(present, foreach, [_Group(members, self.window_size) for members in buckets.values()])
 
-    def _new_state(self, g: torch.Tensor) -> dict:
-        if self.kind == "ema":
-            return {"ema": g.clone()}  # the lerp then leaves h == g exactly
-        return {"window": g.new_zeros((self.window_size, *g.shape)), "sum": torch.zeros_like(g), "count": 0}
+    def _run_ema(self, group: _Group, gs: list) -> None:
+        _ema_(group.emas, gs, self.alpha, self.lamb, self.enabled, self._plan.foreach)
 
-    def _run_ema(self, group: "_Group", gs: list) -> None:
-        _ema_(group.tensors("ema"), gs, self.alpha, self.lamb, self.enabled, self._plan.foreach)
-
-    def _run_ma(self, group: "_Group", gs: list) -> None:
+    def _run_ma(self, group: _Group, gs: list) -> None:
         w, foreach = self.window_size, self._plan.foreach
-        sums, slots = group.tensors("sum"), group.slots[group.count % w]  # slot: zeros while filling, else evicted
-        # sum += g - evicted; the slot takes g
+        k = group.count % w
+        evicted = group.rows[k]  # zeros while the window fills
+        group.sum.sub_(evicted)  # sum += g - evicted; the slot takes g
         if foreach:
-            torch._foreach_sub_(sums, slots)
-            torch._foreach_copy_(slots, gs)
-            torch._foreach_add_(sums, gs)
+            torch._foreach_copy_(group.slots[k], gs)
         else:
-            for s, o, g in zip(sums, slots, gs):
-                s.sub_(o)
-                o.copy_(g)
-                s.add_(g)
+            for slot, g in zip(group.slots[k], gs):
+                slot.copy_(g)
+        group.sum.add_(evicted)  # the same row, now holding g
         n = group.count = group.count + 1
         for st in group.states:
             st["count"] = n
         if n % w == 0:  # the ring wrapped: an exact re-sum bounds the running sum's drift
-            for st in group.states:
-                st["sum"].copy_(st["window"].sum(0))
+            torch.sum(group.ring, 0, out=group.sum)
         if self.enabled and (n >= w or not self.warmup):  # g += scale*sum
             scale = self.lamb / min(n, w) if self.filter_type == "mean" else self.lamb
             if foreach:
-                torch._foreach_add_(gs, sums, alpha=scale)
+                torch._foreach_add_(gs, group.sums, alpha=scale)
             else:
-                for g, s in zip(gs, sums):
+                for g, s in zip(gs, group.sums):
                     g.add_(s, alpha=scale)
 
     # ----------------------------------------------------------------------- optimizer integration
