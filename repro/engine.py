@@ -181,7 +181,7 @@ class Trainer:
             **self._training_state(),
             "config": self.cfg.to_dict(),
             "num_records": sum(1 for r in self.log.records if r["step"] <= self.step),
-            "elapsed_s": self.elapsed_offset_s + self.clock.seconds_since_start(self.clock.mark())
+            "elapsed_s": self.elapsed_offset_s + self.clock.seconds_now()
             if hasattr(self, "clock") else 0.0,
             "timer": (self.timer.total_s, self.timer.count),
         }
@@ -471,7 +471,7 @@ class Trainer:
         from repro import plots
 
         self.clock.sync()
-        wall_s = self.elapsed_offset_s + self.clock.seconds_since_start(self.clock.mark())
+        wall_s = self.elapsed_offset_s + self.clock.seconds_now()
         peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
         records = self.log.records
         summary = {"task": self.task.name, "run": self.out_dir.name, "seed": self.cfg.seed,

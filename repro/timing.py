@@ -29,6 +29,14 @@ class Clock:
     def seconds_since_start(self, mark) -> float:
         return self.between(self.start, mark)
 
+    def seconds_now(self) -> float:
+        """Seconds from the start to now on this clock's timeline (on CUDA: waits until the GPU gets
+        here; a mark recorded after a synchronize may still be pending, and reading it then raises)."""
+        mark = self.mark()
+        if self.cuda:
+            mark.synchronize()
+        return self.seconds_since_start(mark)
+
     def sync(self) -> None:
         if self.cuda:
             torch.cuda.synchronize()
