@@ -120,6 +120,7 @@ class Trainer:
         self.step = 0
         self.stopped = "budget"
         self.elapsed_offset_s = 0.0  # wall time of earlier segments of a resumed run
+        self.resumed_peak_mb = None  # and their peak GPU memory
         self._prepare_out_dir(argv)
 
     # ---- run folder -------------------------------------------------------------------------
@@ -184,6 +185,7 @@ class Trainer:
             "elapsed_s": self.elapsed_offset_s + self.clock.seconds_now()
             if hasattr(self, "clock") else 0.0,
             "timer": (self.timer.total_s, self.timer.count),
+            "peak_gpu_mem_mb": self._peak_gpu_mem_mb(),
         }
 
     def _load_training_state(self, state: dict) -> None:
@@ -199,6 +201,7 @@ class Trainer:
         self._load_training_state(state)
         self.elapsed_offset_s = state["elapsed_s"]
         self._resumed_timer = state["timer"]
+        self.resumed_peak_mb = state.get("peak_gpu_mem_mb")
 
     def save_checkpoint(self) -> None:
         self.clock.sync()
@@ -472,7 +475,7 @@ class Trainer:
 
         self.clock.sync()
         wall_s = self.elapsed_offset_s + self.clock.seconds_now()
-        peak = torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+        peak = self._peak_gpu_mem_mb()
         records = self.log.records
         summary = {"task": self.task.name, "run": self.out_dir.name, "seed": self.cfg.seed,
                    "filter": self.cfg.filter}
@@ -486,6 +489,13 @@ class Trainer:
         if records:
             plots.plot_run(self.out_dir)
         return summary
+
+    def _peak_gpu_mem_mb(self) -> float | None:
+        """Peak allocated GPU memory of the whole run: this segment's, or an earlier segment's if higher."""
+        if self.device.type != "cuda":
+            return None
+        peak = torch.cuda.max_memory_allocated(self.device) / 2**20
+        return max(peak, self.resumed_peak_mb or 0.0)
 
     def log_device_name(self) -> str:
         return json.loads((self.out_dir / "header.json").read_text())["device"]
