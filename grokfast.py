@@ -260,7 +260,8 @@ class GradFilter:
 
     State per parameter (see state_dict): EMA {'ema': tensor}; MA {'window': tensor (w, *shape),
     a ring buffer, 'sum': running sum of the window, 'count': gradients recorded so far; the next
-    slot is count % w}.
+    slot is count % w}. MA's 'window' and 'sum' are views into one ring and one sum shared by the
+    parameters stepped together (same device, dtype and count); state_dict() returns those views.
     """
 
     def __init__(
