@@ -64,3 +64,35 @@ def test_resume_with_a_changed_option_is_refused(tmp_path):
     run(out, "--max_steps", "20")
     changed = run(out, "--resume", "--lamb", "3", check=False)
     assert changed.returncode == 2 and "lamb" in changed.stderr
+
+
+def test_peak_gpu_memory_covers_every_segment(tmp_path, monkeypatch):
+    """A resumed run's peak is the larger of the checkpoint's and this segment's (here a fake CUDA
+    device: the counter is patched, the arithmetic is the engine's)."""
+    import torch
+
+    from repro.config import load_config
+    from repro.engine import Trainer
+    from repro.tasks.modular import ModularConfig, ModularTask
+
+    cfg = load_config(ModularConfig, [*ARGS, "--out_dir", str(tmp_path / "run")])
+    trainer = Trainer(cfg, ModularTask)
+    assert trainer._peak_gpu_mem_mb() is None  # CPU
+    trainer.device = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 100 * 2**20)
+    assert trainer._peak_gpu_mem_mb() == 100.0  # a fresh run: this segment's
+    trainer.resumed_peak_mb = 250.0  # as _load_state sets it from a checkpoint
+    assert trainer._peak_gpu_mem_mb() == 250.0
+    trainer.resumed_peak_mb = 50.0
+    assert trainer._peak_gpu_mem_mb() == 100.0
+    # the checkpoint carries the peak, and a resume reads it back
+    trainer.device = torch.device("cpu")
+    trainer.run()
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = torch.load(path, weights_only=False)
+    assert "peak_gpu_mem_mb" in state
+    state["peak_gpu_mem_mb"] = 300.0
+    torch.save(state, path)
+    resumed = Trainer(load_config(ModularConfig, [*ARGS, "--out_dir", str(tmp_path / "run"), "--resume", "true"]),
+                      ModularTask)
+    assert resumed.resumed_peak_mb == 300.0
