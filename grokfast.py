@@ -328,7 +328,13 @@ class GradFilter:
             # EMA state starts as a copy of g: the lerp then leaves h == g exactly
             bucket = (g.device, g.dtype) if foreach or self.kind == "ma" else ()
             buckets.setdefault(bucket + ((st["count"],) if self.kind == "ma" else ()), []).append((i, key, st, g))
-        return _Plan(present, foreach, [_Group(members, self.window_size) for members in buckets.values()])
+        groups = [_Group(members, self.window_size) for members in buckets.values()]
+        if self.kind == "ma":  # parameters without a gradient now: own copies, so no old ring stays alive
+            grouped = {id(st) for members in buckets.values() for _, _, st, _ in members}
+            for st in self.state.values():
+                if id(st) not in grouped and "window" in st:
+                    st["window"], st["sum"] = st["window"].clone(), st["sum"].clone()
+        return _Plan(present, foreach, groups)
 
     def _run_ema(self, group: _Group, gs: list) -> None:
         _ema_(group.emas, gs, self.alpha, self.lamb, self.enabled, self._plan.foreach)

@@ -526,3 +526,20 @@ def test_ema_step_captures_in_a_cuda_graph():
         reference.step()
         for p, q in zip(params, eager):
             torch.testing.assert_close(p.grad, q.grad)
+
+
+def test_ma_regrouping_keeps_no_old_ring_alive():
+    """A parameter whose gradient goes missing leaves its group; its state then owns its own memory, so
+    the group's old (w, N) ring is freed instead of staying alive behind that parameter's views."""
+    model = nn.Module()
+    model.a, model.b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(5))
+    filt = GradFilter(model, "ma", window_size=4)
+    for step in range(6):
+        model.a.grad = torch.full((3,), float(step))
+        model.b.grad = torch.full((5,), float(step)) if step < 3 else None
+        filt.step()
+    windows = {k: filt.state[k]["window"] for k in ("a", "b")}
+    assert windows["b"].untyped_storage().nbytes() == 4 * 5 * 4  # its own window, nothing more
+    assert windows["a"].untyped_storage().nbytes() == 4 * 3 * 4  # a's new group holds only a
+    assert torch.equal(windows["b"], torch.tensor([[0.0] * 5, [1.0] * 5, [2.0] * 5, [0.0] * 5]))
+    assert filt.state["b"]["count"] == 3 and filt.state["a"]["count"] == 6
