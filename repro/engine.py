@@ -473,8 +473,7 @@ class Trainer:
     def _write_summary(self) -> dict:
         from repro import plots
 
-        self.clock.sync()
-        wall_s = self.elapsed_offset_s + self.clock.seconds_now()
+        wall_s = self.elapsed_offset_s + self.clock.seconds_now()  # waits for the GPU's queued work
         peak = self._peak_gpu_mem_mb()
         records = self.log.records
         summary = {"task": self.task.name, "run": self.out_dir.name, "seed": self.cfg.seed,
