@@ -149,7 +149,8 @@ def sittings_markdown(results: Path) -> str:
             f"{', '.join(sorted(devices))}: {total / 60:.1f} minutes of GPU wall time in all, {runs} run "
             f"launches (a resumed run counts again), up to {jobs} runs of a sitting at once under CUDA MPS. "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
-            "crowded GPU, not of a run alone: `results/bench/probe_h100.txt` has each task alone.\n")
+            "crowded GPU, not of a run alone: `results/bench/` has each task alone (`probe_h100.txt`; mod-97 "
+            "at the current code: `probe_h100_modular.txt`).\n")
 
 
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
