@@ -23,6 +23,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grokfast  # noqa: E402
+from repro.metrics import git_commit  # noqa: E402
 
 DIM, VOCAB, SEQ, LAYERS = 128, 99, 5, 2
 SHAPES = [(VOCAB, DIM), (SEQ, DIM)]
@@ -178,7 +179,8 @@ def main(argv=None) -> None:
         print_table(results[-1])
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"torch": torch.__version__, "results": results}, indent=2) + "\n")
+        record = {"torch": torch.__version__, "git_commit": git_commit(), "results": results}
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"\nwrote {args.json}")
 
 
