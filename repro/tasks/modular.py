@@ -4,6 +4,8 @@ Data: every pair x in [0, p), y in [1, p) (9312 equations for p = 97), tokens [x
 answer c at the last position; a random split (train_fraction of the pairs train, the rest val).
 """
 import contextlib
+import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -158,5 +160,123 @@ class ModularTask(Task):
         return f"{self.cfg.operation}{self.cfg.p}"
 
 
+class StackedDecoder(nn.Module):
+    """S Decoders of one shape as one module: each parameter is the members' parameters stacked along a new
+    first dimension (same names as Decoder's), and forward computes every member's Decoder.forward with
+    batched kernels, so S members cost about as many kernel launches as one.
+
+    Input (S, seq, batch) tokens, output (S, seq, batch, num_tokens) logits: member s sees only its own
+    rows and parameters.
+    """
+
+    def __init__(self, members: list[Decoder]):
+        super().__init__()
+        stacked = copy.deepcopy(members[0])
+        per_member = [dict(m.named_parameters()) for m in members]
+        for name, _ in members[0].named_parameters():
+            owner, _, leaf = name.rpartition(".")
+            value = torch.stack([params[name].detach() for params in per_member])
+            setattr(stacked.get_submodule(owner) if owner else stacked, leaf, nn.Parameter(value))
+        self.decoder = stacked  # its forward is not used: see forward below
+        self.num_heads = members[0].layers[0].attn.num_heads
+
+    @staticmethod
+    def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """x (S, ..., in) @ weight (S, out, in)^T + bias (S, out): nn.Linear per member."""
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = flat @ weight.transpose(1, 2) if bias is None else torch.baddbmm(bias[:, None, :], flat, weight.transpose(1, 2))
+        return out.reshape(*x.shape[:-1], weight.shape[1])
+
+    @staticmethod
+    def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm) -> torch.Tensor:
+        shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (x.shape[-1],)
+        return torch.addcmul(ln.bias.view(shape), F.layer_norm(x, x.shape[-1:], eps=ln.eps), ln.weight.view(shape))
+
+    def _attention(self, x: torch.Tensor, attn: nn.MultiheadAttention, mask: torch.Tensor) -> torch.Tensor:
+        """nn.MultiheadAttention(x, x, x, attn_mask=mask) per member; x is (S, seq, batch, dim)."""
+        S, T, B, D = x.shape
+        H = self.num_heads
+        qkv = self._linear(x, attn.in_proj_weight, attn.in_proj_bias)  # (S, T, B, 3D)
+        q, k, v = (t.reshape(S, T, B * H, D // H).permute(0, 2, 1, 3).reshape(S * B * H, T, D // H)
+                   for t in qkv.chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (S*B*H, T, D/H)
+        out = out.reshape(S, B * H, T, D // H).permute(0, 2, 1, 3).reshape(S, T, B, D)
+        return self._linear(out, attn.out_proj.weight, attn.out_proj.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        d = self.decoder
+        S, T, _ = tokens.shape
+        vocab = d.token_embeddings.weight.shape[1]
+        # member s's token t is row s * vocab + t of the members' tables laid end to end
+        offsets = torch.arange(S, device=tokens.device).view(S, 1, 1) * vocab
+        h = F.embedding(tokens + offsets, d.token_embeddings.weight.flatten(0, 1))
+        h = h + d.position_embeddings.weight[:, :T, None, :]
+        mask = torch.full((T, T), float("-inf"), device=tokens.device, dtype=h.dtype).triu(1)
+        with sdpa_kernel(SDPBackend.MATH) if tokens.is_cuda else contextlib.nullcontext():
+            for layer in d.layers:  # Block.forward, with its quirk (the residual adds to ln_1(x))
+                x = self._layer_norm(h, layer.ln_1)
+                x = x + self._attention(x, layer.attn, mask)
+                mlp_in = self._layer_norm(x, layer.ln_2)
+                hidden = F.gelu(self._linear(mlp_in, layer.mlp[0].weight, layer.mlp[0].bias))
+                h = x + self._linear(hidden, layer.mlp[2].weight, layer.mlp[2].bias)
+        return self._linear(self._layer_norm(h, d.ln_f), d.head.weight, None)
+
+
+class StackedModularTask(Task):
+    """Several seeds of one ModularConfig as one StackedDecoder (--stack_seeds; see repro/stacking.py).
+
+    Each member is the ModularTask of its seed (its split, its batches, its initial weights); the loss is
+    the sum of the members' mean losses, so each member's gradient is its own. evaluate() reports every
+    member's metrics under `s<seed>/<key>`, and `min_val_acc` for early stopping (the stack stops once
+    every member has held the threshold together; each member's own stop is cut out afterwards).
+    """
+
+    name = "modular"
+    graph_safe_loss = graph_safe_eval = True
+    batch_dim = None
+    early_stop_key = "min_val_acc"
+
+    def __init__(self, cfg: ModularConfig, device: torch.device):
+        from repro.config import parse_seeds
+        self.cfg = cfg
+        self.seeds = parse_seeds(cfg.stack_seeds)
+        self.members = [ModularTask(dataclasses.replace(cfg, seed=s, stack_seeds=""), device) for s in self.seeds]
+        self.model = StackedDecoder([m.model for m in self.members])
+        for member in self.members:
+            member.model = None  # the stack holds the weights now
+        self.all_data = torch.stack([m.all_data for m in self.members])  # (S, 5, N)
+        self.n_train = self.members[0].train_data.shape[1]
+        self.eval_every = self.members[0].eval_every
+
+    def train_batch(self, step: int) -> torch.Tensor:
+        return torch.stack([m.train_batch(step) for m in self.members])  # (S, 5, batch)
+
+    def loss(self, batch: torch.Tensor) -> torch.Tensor:
+        logits = self.model(batch[:, :4])[:, -1]  # (S, batch, vocab)
+        losses = F.cross_entropy(logits.flatten(0, 1), batch[:, 4].flatten(), reduction="none")
+        return losses.view(batch.shape[0], -1).mean(dim=1).sum()
+
+    def is_eval_step(self, step: int) -> bool:
+        return step % self.eval_every == 0
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, torch.Tensor]:
+        logits = self.model(self.all_data[:, :4])[:, -1]  # (S, N, vocab)
+        target = self.all_data[:, 4]
+        losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(target.shape)
+        correct = (logits.argmax(-1) == target).float()
+        n = self.n_train
+        out = {}
+        for i, seed in enumerate(self.seeds):
+            out.update({f"s{seed}/train_loss": losses[i, :n].mean(), f"s{seed}/train_acc": correct[i, :n].mean(),
+                        f"s{seed}/val_loss": losses[i, n:].mean(), f"s{seed}/val_acc": correct[i, n:].mean()})
+        out["min_val_acc"] = correct[:, n:].mean(dim=1).min()
+        return out
+
+    def run_name_part(self) -> str:
+        return self.members[0].run_name_part()
+
+
+ModularTask.stacked = StackedModularTask  # what --stack_seeds trains
 CONFIG = ModularConfig
 TASK = ModularTask
