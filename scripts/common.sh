@@ -26,13 +26,6 @@ queue() {  # queue SCRIPT CONFIG LABEL SEED [flags...]
   QUEUE+=("$PYTHON $script --config $config --label $label --seed $seed $COMMON $*")
 }
 
-queue_stacked() {  # queue_stacked SCRIPT CONFIG LABEL [flags...]: all seeds in one process, one stacked model
-  local script="$1" config="$2" label="$3"; shift 3
-  local seeds=($SEEDS)
-  if [ ${#seeds[@]} -eq 1 ]; then queue "$script" "$config" "$label" "${seeds[0]}" "$@"; return; fi
-  QUEUE+=("$PYTHON $script --config $config --label $label --stack_seeds $(IFS=,; echo "${seeds[*]}") $COMMON $*")
-}
-
 run_queue() {
   if [ "$PRINT" = 1 ]; then
     printf '%s\n' "${QUEUE[@]}"
