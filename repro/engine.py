@@ -117,7 +117,7 @@ class Trainer:
         self.use_graphs = (graphs and self.task.graph_safe_loss and cfg.on_nonfinite != "skip"
                            and not self.split and cfg.amp == "none")
         self.graphed_step, self.eager_step_done = None, False
-        self.graphed_eval = (GraphedEvaluate(self.task.evaluate)
+        self.graphed_eval = (GraphedEvaluate(self.task)
                              if graphs and self.task.graph_safe_eval and not self.dist else None)
         self.grads_finite = torch.ones((), device=self.device)  # cleared by a non-finite clipping norm
         self.total_steps = cfg.steps
@@ -432,9 +432,10 @@ class Trainer:
             self.timer.end(begin)
             self.step += 1
             if self.task.is_eval_step(self.step) or self.step == self.total_steps:
-                evaluate = self.graphed_eval or self.task.evaluate
                 begin = self.eval_timer.begin()
-                self.pending_evals.append((self.step, evaluate(self.step), self.clock.mark()))
+                key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
+                result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
+                self.pending_evals.append((self.step, result, self.clock.mark()))
                 self.eval_timer.end(begin)
             at_checkpoint = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
             if self._flush_due(at_checkpoint):

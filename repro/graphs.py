@@ -94,19 +94,23 @@ class GraphedTrainStep:
 
 
 class GraphedEvaluate:
-    """Replays a task's evaluate() (a fixed computation over fixed tensors) as one graph."""
+    """Replays a task's evaluate() as CUDA graphs, one per eval_graph_key (a fixed computation over
+    fixed tensors; stage_eval() refreshes the step-dependent ones before each replay)."""
 
-    def __init__(self, evaluate_fn: Callable[[int], dict]):
-        self.evaluate_fn = evaluate_fn
-        self.graph = None
+    def __init__(self, task):
+        self.task = task
+        self.graphs: dict = {}  # key -> (graph, names, static results)
 
-    def __call__(self, step: int) -> dict[str, torch.Tensor]:
-        if self.graph is None:
-            _side_stream_warmup(lambda: self.evaluate_fn(step), 1)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                out = self.evaluate_fn(step)
-                self.names = list(out)
-                self.static = torch.stack([out[n].float() for n in self.names])
-        self.graph.replay()
-        return dict(zip(self.names, self.static.clone().unbind()))
+    def __call__(self, step: int, key) -> dict[str, torch.Tensor]:
+        self.task.stage_eval(step)
+        if key not in self.graphs:
+            _side_stream_warmup(lambda: self.task.evaluate(step), 1)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.task.evaluate(step)
+                names = list(out)
+                static = torch.stack([out[n].float() for n in names])
+            self.graphs[key] = (graph, names, static)
+        graph, names, static = self.graphs[key]
+        graph.replay()
+        return dict(zip(names, static.clone().unbind()))

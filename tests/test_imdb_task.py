@@ -81,6 +81,19 @@ def test_full_split_metrics_only_on_the_grid(task):
     assert task.model.training  # evaluate restores the mode
 
 
+def test_per_step_evaluation_is_one_graph_over_staged_indices(task):
+    """The engine replays the per-step batch as one CUDA graph reading indices staged by stage_eval;
+    the grid's full evaluation stays eager. The staged batch is the reference's per-step batch."""
+    assert task.eval_graph_key(1) is None and task.eval_graph_key(30) is None  # grid steps
+    assert task.eval_graph_key(2) == task.eval_graph_key(29) == "val_batch"
+    task.stage_eval(17)
+    assert torch.equal(task._val_batch, task.val_batch_indices(17))
+    idx = task.val_batch_indices(5)
+    prob = task.model(task.x_val[idx]).detach()
+    expected = torch.nn.functional.binary_cross_entropy(prob, task.y_val[idx])
+    torch.testing.assert_close(task.evaluate(5)["val_batch_loss"], expected)
+
+
 def test_table_metrics_skip_missing_and_nonfinite(task):
     records = [
         {"step": 1, "val_batch_acc": 0.5, "val_batch_loss": 0.9, "val_acc": 0.52, "val_loss": 0.8},

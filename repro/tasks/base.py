@@ -3,7 +3,7 @@
 A task owns its data (already on the device), its model, its loss and its metrics. The engine owns
 everything else: optimizer, warm-up, clipping, the Grokfast filter, logging, checkpoints.
 """
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 from torch import nn
@@ -42,6 +42,15 @@ class Task:
         """0-dim device tensors (train_loss, train_acc, val_loss, val_acc, ...). No host sync here:
         the engine buffers them and copies many at once."""
         raise NotImplementedError
+
+    def eval_graph_key(self, step: int) -> Hashable | None:
+        """Which captured CUDA graph evaluate(step) may replay (one per key, when graph_safe_eval), or None
+        to run it eagerly. Default: every evaluation is the same computation."""
+        return "evaluate"
+
+    def stage_eval(self, step: int) -> None:
+        """Before a graph replays evaluate(step): copy its step-dependent inputs into the fixed tensors
+        the graph reads. Default: it has none."""
 
     def table_metrics(self, records: list[dict]) -> dict:
         """Task-specific summary fields beside the common ones."""
