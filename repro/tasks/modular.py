@@ -160,36 +160,6 @@ class ModularTask(Task):
         return f"{self.cfg.operation}{self.cfg.p}"
 
 
-class _StackedLinear(torch.autograd.Function):
-    """Batched nn.Linear whose weight gradient splits the long row dimension into chunks.
-
-    The weight gradient is (S, out, rows) @ (S, rows, in) with rows = 2048 per training batch: as one
-    batched GEMM it gets a few dozen tiles per member, each looping over all rows (on an H100 these took
-    over a third of a stacked step). Chunking the rows gives the GPU more tiles; the chunks are summed.
-    """
-
-    CHUNK_ROWS = 256
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        wt = weight.transpose(1, 2)
-        return x @ wt if bias is None else torch.baddbmm(bias[:, None, :], x, wt)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        S, rows, _ = x.shape
-        grad_x = grad @ weight
-        chunks = rows // _StackedLinear.CHUNK_ROWS if rows % _StackedLinear.CHUNK_ROWS == 0 else 1
-        xs = x.reshape(S * chunks, rows // chunks, -1)
-        gs = grad.reshape(S * chunks, rows // chunks, -1)
-        grad_w = (gs.transpose(1, 2) @ xs).view(S, chunks, grad.shape[-1], x.shape[-1]).sum(1)
-        grad_b = grad.sum(1) if ctx.has_bias else None
-        return grad_x, grad_w, grad_b
-
-
 class StackedDecoder(nn.Module):
     """S Decoders of one shape as one module: each parameter is the members' parameters stacked along a new
     first dimension (same names as Decoder's), and forward computes every member's Decoder.forward with
@@ -214,7 +184,7 @@ class StackedDecoder(nn.Module):
     def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """x (S, ..., in) @ weight (S, out, in)^T + bias (S, out): nn.Linear per member."""
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
-        out = _StackedLinear.apply(flat, weight, bias)
+        out = flat @ weight.transpose(1, 2) if bias is None else torch.baddbmm(bias[:, None, :], flat, weight.transpose(1, 2))
         return out.reshape(*x.shape[:-1], weight.shape[1])
 
     @staticmethod
