@@ -66,7 +66,6 @@ class Config:
     skip_finished: bool = False  # a run folder with a final summary: exit 0; with a checkpoint: resume
     on_nonfinite: str = "stop"
     progress: bool = True
-    stack_seeds: str = ""  # e.g. "0,1,2": train these seeds together as one stacked model (repro/stacking.py)
     cuda_graphs: bool = True  # on CUDA, replay forward+backward (and evaluation) as CUDA graphs
     compile: bool = False  # torch.compile the task's loss (worth it for long runs)
 
@@ -104,8 +103,6 @@ class Config:
         ]
         checks += [("\0" not in getattr(self, f.name), f"{f.name} must not contain a NUL character")
                    for f in user_fields(type(self)) if _field_type(f) is str]
-        if self.stack_seeds:
-            checks += _stack_checks(self)
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid config: {message}")
@@ -117,26 +114,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in user_fields(type(self))}
-
-
-def parse_seeds(text: str) -> list[int]:
-    """'0,1,2' or '0 1 2' -> [0, 1, 2]; raises UserError for anything else."""
-    items = text.replace(",", " ").split()
-    if not items or not all(item.isdigit() for item in items):
-        raise UserError(f"invalid config: stack_seeds must list seeds like 0,1,2, got {text!r}")
-    return [int(item) for item in items]
-
-
-def _stack_checks(cfg: Config) -> list:
-    seeds = parse_seeds(cfg.stack_seeds)
-    return [
-        (len(set(seeds)) == len(seeds) and len(seeds) >= 2, "stack_seeds must list at least two distinct seeds"),
-        (all(s < MAX_SEED for s in seeds), f"stack_seeds must be in [0, {MAX_SEED})"),
-        (cfg.seed == seeds[0], "seed must be the first of stack_seeds (or leave seed out)"),
-        # a global gradient norm would couple the members; micro-batches and ranks are not stacked
-        (cfg.clip_grad_norm == 0, "stack_seeds cannot be combined with clip_grad_norm"),
-        (cfg.grad_accum_steps == 1, "stack_seeds cannot be combined with grad_accum_steps > 1"),
-    ]
 
 
 def user_fields(cls) -> list:
@@ -246,8 +223,6 @@ def load_config(cls, argv: list[str] | None = None, description: str = ""):
     values = merge(cls, read_yaml(config_path), source=f"config file {config_path}") if config_path else {}
     values.update(merge(cls, args, source="flag"))
     values.pop("task", None)
-    if values.get("stack_seeds") and "seed" not in values:
-        values["seed"] = parse_seeds(values["stack_seeds"])[0]
     cfg = cls(**values)
     cfg.validate()
     return cfg
@@ -268,7 +243,7 @@ def run_name(cfg: Config, task_part: str) -> str:
         parts.append(f"m{cfg.momentum:g}")
     if cfg.label:
         parts.append(cfg.label)
-    parts.append("s" + "-".join(str(s) for s in parse_seeds(cfg.stack_seeds)) if cfg.stack_seeds else f"s{cfg.seed}")
+    parts.append(f"s{cfg.seed}")
     return "_".join(parts)
 
 

@@ -26,7 +26,7 @@ import torch
 
 from grokfast import GradFilter
 from repro import checkpoint as ckpt
-from repro import distributed, stacking
+from repro import distributed
 from repro.config import Config, run_name, save_config
 from repro.errors import RunAlreadyFinished, UserError
 from repro.graphs import GraphedEvaluate, GraphedTrainStep
@@ -80,8 +80,6 @@ class NonFinite:
 
 
 def out_dir_for(cfg: Config, task: Task) -> Path:
-    if cfg.stack_seeds:
-        return stacking.stack_dir(cfg, task)
     if cfg.out_dir:
         return Path(cfg.out_dir)
     return Path(cfg.results_dir) / task.name / run_name(cfg, task.run_name_part())
@@ -92,8 +90,6 @@ class Trainer:
         self.cfg = cfg
         self.device, self.dist = distributed.setup(resolve_device(cfg.device))
         self.is_main = self.dist is None or self.dist.is_main
-        if cfg.stack_seeds:
-            task_cls = stacking.stacked_task_class(task_cls)
         self.task: Task = task_cls(cfg, self.device)
         self.model = self.task.model  # the bare model: state dicts and the filter's parameter names
         self.split = cfg.grad_accum_steps > 1 or self.dist is not None  # a step's batch is cut up
@@ -144,8 +140,6 @@ class Trainer:
         elif (self.out_dir / "metrics.jsonl").exists() or checkpoint_path.exists():
             raise UserError(f"{self.out_dir} already holds a run: pass --resume to continue it, "
                             f"or choose another --out_dir / --label")
-        if self.cfg.stack_seeds and not self.cfg.resume:
-            stacking.check_member_dirs(self.cfg, self.task)
         if self.dist:  # every rank has looked before rank 0 writes anything
             self.dist.barrier()
         if self.is_main:
@@ -378,17 +372,16 @@ class Trainer:
         self.last_flush = time.monotonic()
 
     def _check_early_stop(self, new_records: list[dict]) -> None:
-        """Stop once val_acc (a stack: every member's) has held >= early_stop_acc for early_stop_patience
-        evaluations in a row."""
-        cfg, key = self.cfg, self.task.early_stop_key
+        """Stop once val_acc has held >= early_stop_acc for early_stop_patience evaluations in a row."""
+        cfg = self.cfg
         if not cfg.early_stop_patience or not cfg.early_stop_acc:
             return
         for record in new_records:
-            if key not in record:  # a task's per-step record without the full evaluation
+            if "val_acc" not in record:  # a task's per-step record without the full evaluation
                 continue
-            self.streak = self.streak + 1 if record[key] >= cfg.early_stop_acc else 0
+            self.streak = self.streak + 1 if record.get("val_acc", 0.0) >= cfg.early_stop_acc else 0
             if self.streak >= cfg.early_stop_patience:
-                self.stopped = (f"early_stop: {key} >= {cfg.early_stop_acc:g} for {self.streak} "
+                self.stopped = (f"early_stop: val_acc >= {cfg.early_stop_acc:g} for {self.streak} "
                                 f"evaluations at step {record['step']}")
                 return
 
@@ -492,10 +485,8 @@ class Trainer:
         if self.skipped_steps:
             summary["skipped_nonfinite_steps"] = self.skipped_steps
         summary.update(self.task.table_metrics(records))
-        if self.cfg.stack_seeds and not self.stopped.startswith("interrupted"):
-            summary["members"] = [str(d) for d in stacking.write_member_runs(self, wall_s, peak)]
         atomic_write_text(self.out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        if records and not self.cfg.stack_seeds:  # a stack's members get their own plots
+        if records:
             plots.plot_run(self.out_dir)
         return summary
 

@@ -21,8 +21,6 @@ class Task:
     # the dimension of train_batch()'s tensor that indexes examples, so the engine can cut a batch for
     # gradient accumulation or data parallelism; None: the batch cannot be cut (neither is offered)
     batch_dim: int | None = None
-    # the evaluation key --early_stop_acc watches
-    early_stop_key: str = "val_acc"
 
     def train_batch(self, step: int) -> Any:
         """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no
