@@ -30,6 +30,9 @@ end=$(date +%s)
 if [ "$started_mps" = 1 ]; then
   while pgrep -f "main.*\.py .*--results_dir $RESULTS" >/dev/null; do sleep 5; done  # other sittings' runs
   echo quit | nvidia-cuda-mps-control
+  # quit returns before the daemon is gone: a sitting started meanwhile would take the dying daemon for a
+  # live one and run without MPS (it happened: nine IMDb runs went 3x slower)
+  for _ in $(seq 60); do pgrep -x nvidia-cuda-mps >/dev/null || break; sleep 1; done
 fi
 mkdir -p "$RESULTS/sittings"
 name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(echo "$SEEDS" | tr -d ' ')"
