@@ -150,7 +150,7 @@ def sittings_markdown(results: Path) -> str:
             f"launches (a resumed run counts again), up to {jobs} runs of a sitting at once under CUDA MPS. "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
             "crowded GPU, not of a run alone: `results/bench/` has each task alone (`probe_h100.txt`; mod-97 "
-            "at the current code: `probe_h100_modular.txt`).\n")
+            "at the current code: the run folders in `solo_h100_modular/`).\n")
 
 
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
