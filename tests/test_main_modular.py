@@ -58,3 +58,25 @@ def test_bad_flag_exits_2_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "filter" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_answer_only_last_block_is_the_references_full_forward():
+    """The last block computes only the answer position; the reference computes every position and keeps
+    the last. Same logits and same gradients (to float rounding), in training and evaluation."""
+    torch.manual_seed(0)
+    model = Decoder()
+    tokens = modular_equations(97, "mul")[:, torch.randperm(9312)[:256]]
+    for train in (True, False):
+        model.train(train)
+        grads = []
+        for all_positions in (False, True):
+            model.zero_grad()
+            logits = model(tokens[:4], all_positions=all_positions)
+            logits = logits[-1] if all_positions else logits
+            torch.nn.functional.cross_entropy(logits, tokens[4]).backward()
+            grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+        (trimmed, trimmed_grads), (full, full_grads) = grads
+        assert trimmed.shape == (256, 99)
+        torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
+        for a, b in zip(trimmed_grads, full_grads):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
