@@ -3,10 +3,19 @@
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh --tables "imdb qm9" [--seeds "0 1 2"] [--jobs 18] [--deadline 560] [--results results]
-# Writes RESULTS/sittings/<start time>.json: the tables, the runs, the wall time, the device.
+#                         [--first REGEX] [--sm_limit REGEX=PERCENT]
+# Under MPS, two settings measured on an H100 with all 42 table runs at once (results/PROVENANCE.md):
+# --first: runs whose command matches keep normal MPS priority, all others run below it, so the
+#   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each) are not the last ones
+#   left: 3.4 instead of 9.5 ms per step in the crowd, the others about as fast. "" turns it off.
+# --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
+#   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
+#   per step at 25%. "" turns it off.
+# Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TABLES="modular_ema modular_ma mnist imdb qm9"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="results"
+FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'
 while [ $# -gt 0 ]; do
   case "$1" in
     --tables) TABLES="$2"; shift 2 ;;
@@ -14,6 +23,8 @@ while [ $# -gt 0 ]; do
     --jobs) JOBS="$2"; shift 2 ;;
     --deadline) DEADLINE="$2"; shift 2 ;;
     --results) RESULTS="$2"; shift 2 ;;
+    --first) FIRST="$2"; shift 2 ;;
+    --sm_limit) SM_LIMIT="$2"; shift 2 ;;
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
@@ -24,8 +35,16 @@ if command -v nvidia-cuda-mps-control >/dev/null; then
   if pgrep -x nvidia-cuda-mps >/dev/null; then mps=1
   elif nvidia-cuda-mps-control -d 2>/dev/null; then mps=1; started_mps=1; fi
 fi
+launch=$(printf '%s\n' "$commands" | while IFS= read -r cmd; do  # MPS settings: environment variables of a run
+  vars=""
+  if [ "$mps" = 1 ]; then
+    if [ -n "$FIRST" ] && ! [[ $cmd =~ $FIRST ]]; then vars+=" CUDA_MPS_CLIENT_PRIORITY=1"; fi
+    if [ -n "$SM_LIMIT" ] && [[ $cmd =~ ${SM_LIMIT%=*} ]]; then vars+=" CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${SM_LIMIT##*=}"; fi
+  fi
+  echo "${vars:+env$vars }$cmd"
+done)
 start=$(date +%s)
-printf '%s\n' "$commands" | scripts/run_commands.sh --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
+printf '%s\n' "$launch" | scripts/run_commands.sh --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
 end=$(date +%s)
 if [ "$started_mps" = 1 ]; then
   while pgrep -f "main.*\.py .*--results_dir $RESULTS" >/dev/null; do sleep 5; done  # other sittings' runs
@@ -37,7 +56,7 @@ fi
 mkdir -p "$RESULTS/sittings"
 name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(echo "$SEEDS" | tr -d ' ')"
 python3 - "$RESULTS/sittings/$name.json" "$start" "$end" "$TABLES" "$SEEDS" \
-    "$JOBS" "$DEADLINE" "$mps" "$commands" <<'PY'
+    "$JOBS" "$DEADLINE" "$mps" "$launch" <<'PY'
 import json, sys, torch
 path, start, end, tables, seeds, jobs, deadline, mps, commands = sys.argv[1:]
 json.dump({"tables": tables.split(), "seeds": seeds.split(), "jobs": int(jobs), "deadline_s": int(deadline),
