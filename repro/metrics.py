@@ -64,6 +64,11 @@ def run_header(device: torch.device, argv: list[str] | None = None) -> dict:
         "device": device_name(device),
         "hostname_kind": platform.system(),
     }
+    # how a shared GPU was split (scripts/run_on_gpu.sh sets these per run): an SM limit changes which
+    # kernels cuDNN picks, and so the run's rounding
+    mps = {k: v for k, v in sorted(os.environ.items()) if k.startswith("CUDA_MPS_")}
+    if mps:
+        header["cuda_mps"] = mps
     for package in ("torch_geometric", "torchvision", "rdkit"):  # versions without importing them
         try:
             header[package] = importlib.metadata.version(package.replace("_", "-"))

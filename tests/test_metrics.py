@@ -50,3 +50,14 @@ def test_an_explicit_commit_wins_over_the_checkouts(monkeypatch):
     assert git_commit() == "abc1234"
     monkeypatch.delenv("GROKFAST_GIT_COMMIT")
     assert git_commit() not in ("abc1234", "")
+
+
+def test_header_records_the_mps_settings_of_a_shared_gpu(monkeypatch):
+    import torch
+    from repro.metrics import run_header
+    import os
+    for name in [n for n in os.environ if n.startswith("CUDA_MPS_")]:
+        monkeypatch.delenv(name)
+    assert "cuda_mps" not in run_header(torch.device("cpu"), [])
+    monkeypatch.setenv("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE", "25")
+    assert run_header(torch.device("cpu"), [])["cuda_mps"]["CUDA_MPS_ACTIVE_THREAD_PERCENTAGE"] == "25"
