@@ -101,16 +101,22 @@ class GraphedEvaluate:
         self.task = task
         self.graphs: dict = {}  # key -> (graph, names, static results)
 
-    def __call__(self, step: int, key) -> dict[str, torch.Tensor]:
+    def capture(self, step: int, key) -> None:
+        """Capture the graph for `key` (staging `step`'s inputs) without replaying it; no-op if it exists."""
+        if key in self.graphs:
+            return
         self.task.stage_eval(step)
-        if key not in self.graphs:
-            _side_stream_warmup(lambda: self.task.evaluate(step), 1)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.task.evaluate(step)
-                names = list(out)
-                static = torch.stack([out[n].float() for n in names])
-            self.graphs[key] = (graph, names, static)
+        _side_stream_warmup(lambda: self.task.evaluate(step), 1)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.task.evaluate(step)
+            names = list(out)
+            static = torch.stack([out[n].float() for n in names])
+        self.graphs[key] = (graph, names, static)
+
+    def __call__(self, step: int, key) -> dict[str, torch.Tensor]:
+        self.capture(step, key)
+        self.task.stage_eval(step)
         graph, names, static = self.graphs[key]
         graph.replay()
         return dict(zip(names, static.clone().unbind()))
