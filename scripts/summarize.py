@@ -104,7 +104,9 @@ def metric_columns(kind: str, thresholds: list[float]) -> list[tuple[str, str, c
         return [("best val acc, 50-batch (paper's)", "best_val_batch_acc", summary_key("best_val_batch_acc")),
                 ("min val loss, 50-batch (paper's)", "min_val_batch_loss", summary_key("min_val_batch_loss")),
                 ("best val acc, full split", "", summary_key("best_val_acc")),
-                ("min val loss, full split", "", summary_key("min_val_loss"))] + common
+                ("min val loss, full split", "", summary_key("min_val_loss")),
+                # best and min hide a run that ends worse than it was (wd 10 runs collapse to chance)
+                ("final val acc, full split", "", summary_key("final_val_acc"))] + common
     return [("min val MSE", "min_val_loss", summary_key("min_val_loss"))] + common
 
 
