@@ -64,8 +64,8 @@ def run_header(device: torch.device, argv: list[str] | None = None) -> dict:
         "device": device_name(device),
         "hostname_kind": platform.system(),
     }
-    # how a shared GPU was split (scripts/run_on_gpu.sh sets these per run): an SM limit changes which
-    # kernels cuDNN picks, and so the run's rounding
+    # how a shared GPU was split (scripts/run_on_gpu.sh sets these per run): under an SM limit cuDNN can
+    # pick other kernels, and so round differently
     mps = {k: v for k, v in sorted(os.environ.items()) if k.startswith("CUDA_MPS_")}
     if mps:
         header["cuda_mps"] = mps

@@ -4,7 +4,7 @@
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh --tables "imdb qm9" [--seeds "0 1 2"] [--jobs 18] [--deadline 560] [--results results]
 #                         [--first REGEX] [--sm_limit REGEX=PERCENT]
-# Under MPS, two settings measured on an H100 with all 42 table runs at once (results/PROVENANCE.md):
+# Under MPS, two settings measured on an H100 with all 42 table runs at once (results/bench/sitting_probes/):
 # --first: runs whose command matches keep normal MPS priority, all others run below it, so the
 #   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each) are not the last ones
 #   left: 3.4 instead of 9.5 ms per step in the crowd, the others about as fast. "" turns it off.
