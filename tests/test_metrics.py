@@ -53,9 +53,11 @@ def test_an_explicit_commit_wins_over_the_checkouts(monkeypatch):
 
 
 def test_header_records_the_mps_settings_of_a_shared_gpu(monkeypatch):
-    import torch
-    from repro.metrics import run_header
     import os
+
+    import torch
+
+    from repro.metrics import run_header
     for name in [n for n in os.environ if n.startswith("CUDA_MPS_")]:
         monkeypatch.delenv(name)
     assert "cuda_mps" not in run_header(torch.device("cpu"), [])

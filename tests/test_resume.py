@@ -72,8 +72,6 @@ def test_resume_with_a_changed_option_is_refused(tmp_path):
 def test_peak_gpu_memory_covers_every_segment(tmp_path, monkeypatch):
     """A resumed run's peak is the larger of the checkpoint's and this segment's (here a fake CUDA
     device: the counter is patched, the arithmetic is the engine's)."""
-    import torch
-
     from repro.config import load_config
     from repro.engine import Trainer
     from repro.tasks.modular import ModularConfig, ModularTask
