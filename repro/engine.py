@@ -106,7 +106,7 @@ class Trainer:
             self.filter.attach(self.optimizer)
         self.out_dir = out_dir_for(cfg, self.task)
         if cfg.compile:  # fuses the many tiny kernels of these small models; compiles at the first step
-            self.task.loss = torch.compile(self.task.loss)
+            self.task.loss_and_sums = torch.compile(self.task.loss_and_sums)
         graphs = cfg.cuda_graphs and self.device.type == "cuda"
         # a graph replays one fixed computation; micro-batches, autocast/scaler, DDP and the per-step
         # checks of --on_nonfinite skip stay eager (simpler, and those runs are not launch-bound)
@@ -121,6 +121,7 @@ class Trainer:
         self.stopped = "budget"
         self.elapsed_offset_s = 0.0  # wall time of earlier segments of a resumed run
         self.resumed_peak_mb = None  # and their peak GPU memory
+        self.window_sums: list[torch.Tensor] = []  # the task's training-batch sums since the last evaluation
         self._prepare_out_dir(argv)
 
     # ---- run folder -------------------------------------------------------------------------
@@ -202,12 +203,25 @@ class Trainer:
         self.elapsed_offset_s = state["elapsed_s"]
         self._resumed_timer = state["timer"]
         self.resumed_peak_mb = state.get("peak_gpu_mem_mb")
+        sums = state.get("train_sums")  # under DDP all ranks' together: rank 0 carries them on
+        self.window_sums = [sums] if sums is not None and self.is_main else []
+
+    def _train_sums(self) -> torch.Tensor | None:
+        """The task's training-batch sums over the steps since the last evaluation (None: it has none)."""
+        if not self.window_sums:
+            return None
+        if len(self.window_sums) > 1:  # one tensor from now on: a stack and a sum per evaluation
+            self.window_sums[:] = [torch.stack(self.window_sums).sum(0)]
+        return self.window_sums[0]
 
     def save_checkpoint(self) -> None:
         self.clock.sync()
         path = self.out_dir / ckpt.FILENAME
+        sums = self._train_sums()  # a mid-epoch checkpoint carries the epoch's batches so far
+        if self.dist and sums is not None:
+            sums = self.dist.sum(sums)
         if self.is_main:
-            ckpt.save(self._state(), path)
+            ckpt.save({**self._state(), "train_sums": sums}, path)
         self.source_path, self.initial_state = path, None  # later non-finite recovery starts here
 
     # ---- the loop ---------------------------------------------------------------------------
@@ -236,21 +250,22 @@ class Trainer:
         if self.filter and cfg.two_stage:
             self.filter.enabled = step >= TWO_STAGE_STEPS
 
-    def _train_step(self, step: int) -> torch.Tensor:
+    def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One update; returns (loss, the task's training-batch sums or None)."""
         self._set_schedule(step)
         batch = self.task.train_batch(step)
         if self.use_graphs and step > self.cfg.warmup_steps and self.eager_step_done:
             if self.graphed_step is None:  # after an eager step: lazy state exists, grads have addresses
                 self._capture_next_eval(step)
-                self.graphed_step = GraphedTrainStep(self.task.loss, [p for p in self.params if p.grad is not None],
-                                                     self._phases())
+                self.graphed_step = GraphedTrainStep(self.task.loss_and_sums,
+                                                     [p for p in self.params if p.grad is not None], self._phases())
             return self.graphed_step(batch)
-        loss, problem = self._eager_step(batch, check=self.cfg.on_nonfinite == "skip")  # skip: a sync per step
+        loss, sums, problem = self._eager_step(batch, check=self.cfg.on_nonfinite == "skip")  # skip: a sync per step
         if problem:
             self.skipped_steps += 1
         else:
             self.eager_step_done = True
-        return loss
+        return loss, sums
 
     def _capture_next_eval(self, step: int) -> None:
         """Capture the next evaluation's graph before the first training graph. A fresh run usually
@@ -266,41 +281,45 @@ class Trainer:
         if key is not None:
             self.graphed_eval.capture(nxt, key)
 
-    def _eager_step(self, batch, check: bool = False) -> tuple[torch.Tensor, str | None]:
+    def _eager_step(self, batch, check: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, str | None]:
         """backward -> (unscale) -> clip -> filter -> optimizer step. With `check`, a non-finite loss or
-        gradient (a host sync) leaves the update undone; returns (loss share, what was non-finite)."""
+        gradient (a host sync) leaves the update undone; returns (loss share, batch sums, what was
+        non-finite)."""
         self.optimizer.zero_grad(set_to_none=not self.use_graphs)  # graphs need fixed .grad tensors
-        loss = self._forward_backward(batch)
+        loss, sums = self._forward_backward(batch)
         self.precision.unscale_(self.optimizer)  # before clipping and the filter: they see true gradients
         norm = self._clip()
         if check:
             problem = self._nonfinite(loss, norm)
             if problem:
                 self.precision.skip()
-                return loss, problem
+                return loss, sums, problem
         if self.filter and not self.precision.scaler:  # with a scaler the filter runs in scaler.step
             self.filter.step()
         self.precision.step(self.optimizer)
-        return loss, None
+        return loss, sums, None
 
-    def _forward_backward(self, batch) -> torch.Tensor:
+    def _forward_backward(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The gradient of the global batch's mean loss into .grad (all-reduced under DDP); returns this
-        rank's share of that loss (the loss itself on one process)."""
+        rank's share of that loss (the loss itself on one process) and of the task's batch sums."""
         if not self.split:
             with self.precision.autocast():
-                loss = self.task.loss(batch)
+                loss, sums = self.task.loss_and_sums(batch)
             self.precision.backward(loss)
-            return loss.detach()
+            return loss.detach(), sums
         rank, world = (self.dist.rank, self.dist.world_size) if self.dist else (0, 1)
         parts = distributed.micro_batches(batch, self.task.batch_dim, self.cfg.grad_accum_steps, rank, world)
-        total = 0.0
+        total, total_sums = 0.0, None
         for i, (chunk, weight) in enumerate(parts):
             with distributed.no_sync(self.task.model, sync=i == len(parts) - 1):
                 with self.precision.autocast():
-                    loss = self.task.loss(chunk) * weight
+                    loss, sums = self.task.loss_and_sums(chunk)
+                    loss = loss * weight
                 self.precision.backward(loss)
             total = total + loss.detach()
-        return total
+            if sums is not None:  # sums, not means: the micro-batches' add up to the batch's
+                total_sums = sums if total_sums is None else total_sums + sums
+        return total, total_sums
 
     # ---- non-finite values ------------------------------------------------------------------
     def _nonfinite(self, loss: torch.Tensor, norm: torch.Tensor | None) -> str | None:
@@ -328,7 +347,7 @@ class Trainer:
             return
         while self.step < limit:
             self._set_schedule(self.step)
-            _, problem = self._eager_step(self.task.train_batch(self.step), check=True)
+            _, _, problem = self._eager_step(self.task.train_batch(self.step), check=True)
             if problem:
                 self.nonfinite = NonFinite(problem, self.step + 1)
                 return
@@ -436,13 +455,20 @@ class Trainer:
         cfg = self.cfg
         while self.step < self.total_steps:
             begin = self.timer.begin()
-            self.pending_losses.append(self._train_step(self.step))
+            loss, sums = self._train_step(self.step)
+            self.pending_losses.append(loss)
+            if sums is not None:
+                self.window_sums.append(sums)
             self.timer.end(begin)
             self.step += 1
             if self.task.is_eval_step(self.step) or self.step == self.total_steps:
                 begin = self.eval_timer.begin()
                 key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
                 result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
+                sums = self._train_sums()
+                if sums is not None:  # training metrics from the batches since the last evaluation
+                    result = {**self.task.train_metrics(self.dist.sum(sums) if self.dist else sums), **result}
+                    self.window_sums.clear()
                 self.pending_evals.append((self.step, result, self.clock.mark()))
                 self.eval_timer.end(begin)
             at_checkpoint = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0

@@ -27,12 +27,13 @@ def _side_stream_warmup(fn: Callable[[], object], iters: int) -> None:
 
 
 class GraphedTrainStep:
-    """Replays `loss_fn(batch).backward()` plus the capturable prefix of `phases` as one graph per
+    """Replays `loss_fn(batch)[0].backward()` plus the capturable prefix of `phases` as one graph per
     batch shape (an epoch's last batch is smaller), then runs the remaining phases, capturing each
     maximal run of capturable ones as one more (shape-independent) graph.
 
     Call it only after one eager step, so lazily created state (filter EMA, optimizer moments)
-    exists and is not re-created inside a graph.
+    exists and is not re-created inside a graph. `loss_fn` returns (loss, the task's batch sums or None),
+    and so does a call.
     """
 
     def __init__(self, loss_fn: Callable, params: list[torch.Tensor], phases: list[Phase], warmup_iters: int = 2):
@@ -52,29 +53,31 @@ class GraphedTrainStep:
         self.pool = torch.cuda.graph_pool_handle()
 
     def _forward_backward(self, batch: torch.Tensor) -> torch.Tensor:
+        """-> [loss, *sums]: one output tensor, so a replay's results cost one copy."""
         torch._foreach_zero_([p.grad for p in self.params])
-        loss = self.loss_fn(batch)
+        loss, sums = self.loss_fn(batch)
         loss.backward()  # accumulates into the zeroed, fixed-address .grad tensors
-        return loss
+        loss = loss.detach().reshape(1)
+        return loss if sums is None else torch.cat([loss, sums.to(loss.dtype)])
 
     def _capture_shape(self, batch: torch.Tensor):
         static_batch = batch.clone()
         _side_stream_warmup(lambda: self._forward_backward(static_batch), self.warmup_iters)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            static_loss = self._forward_backward(static_batch)
+            static_out = self._forward_backward(static_batch)
             for fn in self.prefix:
                 fn()
-        return graph, static_batch, static_loss
+        return graph, static_batch, static_out
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         key = tuple(batch.shape)
         if key not in self.shape_graphs:
             self.shape_graphs[key] = self._capture_shape(batch)
-        graph, static_batch, static_loss = self.shape_graphs[key]
+        graph, static_batch, static_out = self.shape_graphs[key]
         static_batch.copy_(batch)
         graph.replay()
-        loss = static_loss.detach().clone()
+        out = static_out.clone()
         for i, (fns, capturable) in enumerate(self.rest):
             if not capturable:
                 for fn in fns:
@@ -90,7 +93,7 @@ class GraphedTrainStep:
                 self.rest_graphs[i] = graph
                 continue
             self.rest_graphs[i].replay()
-        return loss
+        return out[0], (out[1:] if len(out) > 1 else None)
 
 
 class GraphedEvaluate:

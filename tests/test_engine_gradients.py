@@ -131,14 +131,14 @@ def test_skip_policy_skips_filter_and_optimizer(tmp_path, calls):
     """--on_nonfinite skip: a step whose loss is not finite changes neither the filter state nor the
     parameters."""
     t = trainer(tmp_path, "--max_steps", "4", "--on_nonfinite", "skip")
-    real_loss = t.task.loss
+    real_loss = t.task.loss_and_sums
 
-    def loss(batch, calls_so_far=[0]):
+    def loss_and_sums(batch, calls_so_far=[0]):
         calls_so_far[0] += 1
-        value = real_loss(batch)
-        return value * float("nan") if calls_so_far[0] == 3 else value  # the third update's loss
+        value, sums = real_loss(batch)
+        return (value * float("nan") if calls_so_far[0] == 3 else value), sums  # the third update's loss
 
-    t.task.loss = loss
+    t.task.loss_and_sums = loss_and_sums
     updates = []
     t.optimizer.register_step_post_hook(lambda *args: updates.append(1))
     t.run()

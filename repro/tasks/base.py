@@ -28,8 +28,19 @@ class Task:
         raise NotImplementedError
 
     def loss(self, batch: Any) -> torch.Tensor:
-        """Scalar training loss of `batch` (the engine calls backward on it)."""
+        """Scalar training loss of `batch`."""
         raise NotImplementedError
+
+    def loss_and_sums(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the engine calls each update: the loss (it calls backward on it) and, for a task whose
+        training metrics come from the training batches themselves (as the reference's mod-97 ones
+        do), a 1-D tensor of sums over the batch from the same forward, which the engine adds up
+        between evaluations and hands to train_metrics(). Default: no sums."""
+        return self.loss(batch), None
+
+    def train_metrics(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Training metrics (0-dim tensors) from the batch sums of the updates since the last evaluation."""
+        return {}
 
     def is_eval_step(self, step: int) -> bool:
         """Whether to evaluate after `step` updates (1-based)."""

@@ -2,6 +2,12 @@
 
 Data: every pair x in [0, p), y in [1, p) (9312 equations for p = 97), tokens [x, op, y, eq],
 answer c at the last position; a random split (train_fraction of the pairs train, the rest val).
+
+Metrics, as the reference's: `val_loss` / `val_acc` over the whole validation split after each epoch
+(every `eval_every` updates); `train_loss` / `train_acc` the mean over the epoch's training batches,
+each taken from the forward of its own update (before that update), weighted by batch size (the
+epoch's last batch is smaller). So they cost no extra forward: re-evaluating the 4656 training
+equations after each epoch took about a fifth of a run's FLOPs.
 """
 import contextlib
 from dataclasses import dataclass
@@ -130,7 +136,6 @@ class ModularTask(Task):
         n_train = int(cfg.train_fraction * data.shape[1])
         self.train_data = data[:, order[:n_train]].to(device)
         self.val_data = data[:, order[n_train:]].to(device)
-        self.all_data = torch.cat([self.train_data, self.val_data], dim=1)  # one forward evaluates both
 
         torch.manual_seed(cfg.seed)  # model init
         self.model = Decoder(cfg.dim, cfg.num_layers, cfg.num_heads, num_tokens=cfg.p + 2, seq_len=5).to(device)
@@ -141,7 +146,18 @@ class ModularTask(Task):
         return self.train_data[:, self.batches(step)]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.model(batch[:4]), batch[4])
+        return self.loss_and_sums(batch)[0]
+
+    def loss_and_sums(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean cross-entropy, [summed loss, correct answers, batch size]) of the answers."""
+        logits = self.model(batch[:4])
+        loss = F.cross_entropy(logits, batch[4])
+        n = batch.shape[1]
+        correct = (logits.detach().argmax(-1) == batch[4]).sum()
+        return loss, torch.stack([loss.detach() * n, correct.to(loss.dtype), loss.new_full((), n)])
+
+    def train_metrics(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"train_loss": sums[0] / sums[2], "train_acc": sums[1] / sums[2]}
 
     def is_eval_step(self, step: int) -> bool:
         return step % self.eval_every == 0
@@ -150,16 +166,10 @@ class ModularTask(Task):
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
         was_training = self.model.training
         self.model.eval()
-        logits = self.model(self.all_data[:4])
+        logits = self.model(self.val_data[:4])
         self.model.train(was_training)
-        target = self.all_data[4]
-        losses = F.cross_entropy(logits, target, reduction="none")
-        correct = (logits.argmax(-1) == target).float()
-        n = self.train_data.shape[1]
-        return {
-            "train_loss": losses[:n].mean(), "train_acc": correct[:n].mean(),
-            "val_loss": losses[n:].mean(), "val_acc": correct[n:].mean(),
-        }
+        target = self.val_data[4]
+        return {"val_loss": F.cross_entropy(logits, target), "val_acc": (logits.argmax(-1) == target).float().mean()}
 
     def run_name_part(self) -> str:
         return f"{self.cfg.operation}{self.cfg.p}"
