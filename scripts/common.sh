@@ -1,7 +1,7 @@
 # Shared by scripts/reproduce_*.sh: options, and a queue of runs executed N at a time.
 #   scripts/reproduce_<table>.sh [--seeds "0 1 2"] [--device cuda] [--jobs 4] [--results results]
 #                                [--print] [-- extra flags for every run]
-# --print lists the runs instead (one command per line, for scripts/run_commands.sh).
+# --print lists the runs instead (one command per line, for scripts/run_commands.py).
 # Finished runs are skipped (--skip_finished), so the scripts can be re-run and share the baseline.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -30,6 +30,6 @@ run_queue() {
   if [ "$PRINT" = 1 ]; then
     printf '%s\n' "${QUEUE[@]}"
   else
-    printf '%s\n' "${QUEUE[@]}" | scripts/run_commands.sh --jobs "$JOBS" --logdir "$RESULTS/logs"
+    printf '%s\n' "${QUEUE[@]}" | "$PYTHON" scripts/run_commands.py --jobs "$JOBS" --logdir "$RESULTS/logs"
   fi
 }

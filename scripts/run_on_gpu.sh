@@ -44,10 +44,12 @@ launch=$(printf '%s\n' "$commands" | while IFS= read -r cmd; do  # MPS settings:
   echo "${vars:+env$vars }$cmd"
 done)
 start=$(date +%s)
-printf '%s\n' "$launch" | scripts/run_commands.sh --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
+printf '%s\n' "$launch" | python3 scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
 end=$(date +%s)
 if [ "$started_mps" = 1 ]; then
-  while pgrep -f "main.*\.py .*--results_dir $RESULTS" >/dev/null; do sleep 5; done  # other sittings' runs
+  # other sittings' runs: forked by their runners, they carry the runner's command line (this sitting's
+  # runner has exited)
+  while pgrep -f "run_commands\.py .*--logdir $RESULTS/logs" >/dev/null; do sleep 5; done
   echo quit | nvidia-cuda-mps-control
   # quit returns before the daemon is gone: a sitting started meanwhile would take the dying daemon for a
   # live one and run without MPS (it happened: nine IMDb runs went 3x slower)
