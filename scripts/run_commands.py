@@ -8,7 +8,8 @@ summary marked "interrupted"; re-running with --skip_finished resumes them), SIG
 running, and no command starts with 10 s or less left.
 
 A command `[env VAR=VAL ...] python SCRIPT.py ARGS` with SCRIPT.py in the repository root (main*.py) runs in
-a fork of this process, which imports what the scripts need once, beforehand. Started as fresh processes,
+a fork of this process, which imports what the script needs once, before its first command starts (so the
+first runs train while a later script's imports load). Started as fresh processes,
 42 runs on a 16-core GPU machine spent 36-45 s with the CPUs 97% busy before the first one trained: each
 paid for `import torch` (~5 s of CPU there), torch._dynamo (~3 s), matplotlib and, for QM9, torch_geometric
 (~10 s). A forked run uses this runner's interpreter, whichever python its line names. Other commands run
@@ -77,24 +78,35 @@ def forkable(cmd: str):
     return words[1], words[2:], env
 
 
-def preload(scripts) -> bool:
-    """Import, once and before any fork, what the runs would each import; False: fork nothing."""
+_preloaded: set[str] = set()
+_can_fork = True  # False after a preload failed: every later command then runs as a process
+
+
+def preload(script: str) -> bool:
+    """Import, once and before its first fork, what a run of `script` would import; False: run it as a
+    process."""
+    global _can_fork
+    if not _can_fork or script in _preloaded:
+        return _can_fork
+    _can_fork = False  # until this preload succeeds
     sys.path[0] = str(REPO)  # as for `python main.py`: the scripts import repro/ and grokfast.py from there
     try:
-        for script in scripts:  # their work is under `if __name__ == "__main__"`: this only imports
-            runpy.run_path(script, run_name="__preload__")
+        runpy.run_path(script, run_name="__preload__")  # its work is under `if __name__ == "__main__"`
         import torch
         import torch._dynamo  # noqa: F401  torch.optim imports it at a run's first add_param_group (~3 s)
         import tqdm.auto  # noqa: F401  the engine's progress bar, imported lazily
         import repro.engine  # noqa: F401  repro/cli.py imports it only after parsing the flags
         import repro.plots  # noqa: F401  matplotlib.pyplot with the Agg backend, imported lazily
     except Exception as exc:
-        print(f"warning: preloading failed ({type(exc).__name__}: {exc}); running every command as a "
-              "process", flush=True)
+        print(f"warning: preloading {script} failed ({type(exc).__name__}: {exc}); running every command "
+              "from here on as a process", flush=True)
         return False
     if torch.cuda.is_initialized():  # a CUDA context does not survive a fork
-        print("warning: CUDA was initialised while preloading; running every command as a process", flush=True)
+        print("warning: CUDA was initialised while preloading; running every command from here on as a process",
+              flush=True)
         return False
+    _preloaded.add(script)
+    _can_fork = True
     return True
 
 
@@ -132,10 +144,11 @@ def child(script: str, args: list[str], env: dict, log: Path):
         os._exit(code)
 
 
-def start(job: Job, logdir: Path, use_fork: bool) -> None:
+def start(job: Job, logdir: Path) -> None:
     log = logdir / f"{job.n}.log"
+    use_fork = job.fork is not None and preload(job.fork[0])
     job.start = time.monotonic()
-    if not (use_fork and job.fork):
+    if not use_fork:
         with open(log, "wb") as out:
             job.proc = subprocess.Popen(job.cmd, shell=True, stdin=subprocess.DEVNULL, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
@@ -168,7 +181,7 @@ def signal_all(running, sig) -> None:
             pass
 
 
-def run(jobs: deque, slots: int, logdir: Path, end: float | None, use_fork: bool) -> None:
+def run(jobs: deque, slots: int, logdir: Path, end: float | None) -> None:
     received = []  # the runner's own SIGINT/SIGTERM: forwarded to the runs as SIGINT, then wait for them
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: received.append(signum))
@@ -191,7 +204,7 @@ def run(jobs: deque, slots: int, logdir: Path, end: float | None, use_fork: bool
             if end is not None and end - now <= MIN_LEFT_S:
                 print(f"not started (deadline): {job.cmd}", flush=True)
                 continue
-            start(job, logdir, use_fork)
+            start(job, logdir)
             running.append(job)
         for job in list(running):
             code = exit_code(job)
@@ -209,9 +222,7 @@ def main(argv=None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     lines = [line.rstrip("\n") for line in sys.stdin]
     jobs = deque(Job(n, cmd, forkable(cmd)) for n, cmd in enumerate((c for c in lines if c.strip()), 1))
-    scripts = sorted({job.fork[0] for job in jobs if job.fork})
-    use_fork = bool(scripts) and preload(scripts)
-    run(jobs, args.jobs, logdir, begin + args.deadline if args.deadline > 0 else None, use_fork)
+    run(jobs, args.jobs, logdir, begin + args.deadline if args.deadline > 0 else None)
     return 0
 
 

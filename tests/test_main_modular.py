@@ -131,19 +131,33 @@ def test_train_metrics_are_the_epochs_batch_means_before_each_update(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
 def test_cuda_graphs_give_the_eager_runs_metrics(tmp_path):
     """The graphed step returns the batch sums beside the loss (one output tensor); its records equal
-    an eager run's. A mid-epoch resume in the graphed run carries the epoch's sums over."""
-    flags = ["--config", "configs/modular/ema.yaml", "--device", "cuda", "--progress", "false"]
+    an eager run's, also when the graphed run is stopped mid-epoch (after update 25) and resumed: the
+    checkpoint carries the epoch's sums so far."""
+    from repro.config import load_config
+    from repro.engine import Trainer
 
-    def records(out, *extra):
-        result = subprocess.run([sys.executable, "main.py", *flags, "--out_dir", str(out), *extra],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    def config(name, *extra):
+        return load_config(ModularConfig, ["--config", "configs/modular/ema.yaml", "--device", "cuda",
+                                           "--progress", "false", "--max_steps", "60",
+                                           "--out_dir", str(tmp_path / name), *extra])
+
+    def records(name):
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rows]
 
-    eager = records(tmp_path / "eager", "--max_steps", "60", "--cuda_graphs", "false")
-    records(tmp_path / "graphed", "--max_steps", "25")
-    graphed = records(tmp_path / "graphed", "--max_steps", "60", "--resume")
+    Trainer(config("eager", "--cuda_graphs", "false"), ModularTask).run()
+    cut = Trainer(config("graphed"), ModularTask)
+    train_step = cut._train_step
+
+    def stop_after_update_25(step):
+        if step == 24:
+            cut.interrupted = "SIGINT"  # as Ctrl-C: the run flushes, checkpoints and stops after this update
+        return train_step(step)
+
+    cut._train_step = stop_after_update_25
+    assert cut.run()["stopped"].startswith("interrupted") and cut.step == 25
+    Trainer(config("graphed", "--resume", "true"), ModularTask).run()
+    eager, graphed = records("eager"), records("graphed")
     assert [r["step"] for r in graphed] == [r["step"] for r in eager] == list(range(10, 61, 10))
     for g, e in zip(graphed, eager):
         assert g.keys() == e.keys()
