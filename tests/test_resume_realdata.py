@@ -124,18 +124,18 @@ def test_sigint_saves_a_checkpoint_and_resume_matches(tmp_path, modular_full):
 def test_sigterm_at_a_given_step(tmp_path, modular_full, monkeypatch, at_step):
     """SIGTERM delivered to this process during update `at_step` (in-process, so the step is exact)."""
     out = tmp_path / "cut"
-    real_loss, seen = ModularTask.loss, []
+    real_loss, seen = ModularTask.loss_and_sums, []
 
-    def loss(self, batch):
+    def loss_and_sums(self, batch):  # what the engine calls once per update
         seen.append(1)
         if len(seen) == at_step:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_loss(self, batch)
 
-    monkeypatch.setattr(ModularTask, "loss", loss)
+    monkeypatch.setattr(ModularTask, "loss_and_sums", loss_and_sums)
     run_in_process(ModularConfig, ModularTask, MODULAR, out, expect=130)
     check_interrupted_run(out, "SIGTERM")
     assert json.loads((out / "summary.json").read_text())["steps"] == at_step  # stops after that update
-    monkeypatch.setattr(ModularTask, "loss", real_loss)
+    monkeypatch.setattr(ModularTask, "loss_and_sums", real_loss)
     run_in_process(ModularConfig, ModularTask, MODULAR, out, "--resume")
     assert comparable(out) == modular_full
