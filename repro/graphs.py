@@ -70,7 +70,7 @@ class GraphedTrainStep:
                 fn()
         return graph, static_batch, static_out
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         key = tuple(batch.shape)
         if key not in self.shape_graphs:
             self.shape_graphs[key] = self._capture_shape(batch)
