@@ -14,7 +14,8 @@
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"  # the longest runs first: they start first; JOBS=16; DEADLINE=0; RESULTS="results"
+# tables with the longest runs first: their runs start first
+TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="results"
 FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'
 while [ $# -gt 0 ]; do
   case "$1" in
