@@ -203,8 +203,13 @@ class Trainer:
         self.elapsed_offset_s = state["elapsed_s"]
         self._resumed_timer = state["timer"]
         self.resumed_peak_mb = state.get("peak_gpu_mem_mb")
-        sums = state.get("train_sums")  # under DDP all ranks' together: rank 0 carries them on
-        self.window_sums = [sums] if sums is not None and self.is_main else []
+        self._restore_window(state.get("train_sums"))
+
+    def _restore_window(self, sums: torch.Tensor | None) -> None:
+        """Start the window of training-batch sums from a checkpoint's (None: empty). They are all ranks'
+        together: rank 0 carries them on, the others start from zeros (so every rank has a tensor to
+        all-reduce, even if no step follows)."""
+        self.window_sums = [] if sums is None else [sums if self.is_main else torch.zeros_like(sums)]
 
     def _train_sums(self) -> torch.Tensor | None:
         """The task's training-batch sums over the steps since the last evaluation (None: it has none)."""
@@ -261,10 +266,10 @@ class Trainer:
                                                      [p for p in self.params if p.grad is not None], self._phases())
             return self.graphed_step(batch)
         loss, sums, problem = self._eager_step(batch, check=self.cfg.on_nonfinite == "skip")  # skip: a sync per step
-        if problem:
+        if problem:  # a skipped update's batch counts in no metric
             self.skipped_steps += 1
-        else:
-            self.eager_step_done = True
+            return loss, None
+        self.eager_step_done = True
         return loss, sums
 
     def _capture_next_eval(self, step: int) -> None:
@@ -317,8 +322,8 @@ class Trainer:
                     loss = loss * weight
                 self.precision.backward(loss)
             total = total + loss.detach()
-            if sums is not None:  # sums, not means: the micro-batches' add up to the batch's
-                total_sums = sums if total_sums is None else total_sums + sums
+            if sums is not None and weight:  # sums, not means: the micro-batches' add up to the batch's
+                total_sums = sums if total_sums is None else total_sums + sums  # (weight 0: padding)
         return total, total_sums
 
     # ---- non-finite values ------------------------------------------------------------------
@@ -342,18 +347,23 @@ class Trainer:
         `what` at `bad_step`). Leaves the model in that state, for the checkpoint."""
         state = ckpt.load(self.source_path, self.device) if self.source_path else self.initial_state
         self._load_training_state(state)
+        self._restore_window(state.get("train_sums"))  # so the checkpoint saved after this matches its step
         if not self._params_finite():
             self.nonfinite = NonFinite(what, bad_step, saved=False)
             return
         while self.step < limit:
             self._set_schedule(self.step)
-            _, _, problem = self._eager_step(self.task.train_batch(self.step), check=True)
+            _, sums, problem = self._eager_step(self.task.train_batch(self.step), check=True)
             if problem:
                 self.nonfinite = NonFinite(problem, self.step + 1)
                 return
             if not self._params_finite():  # this update broke them: replay once more, stopping before it
                 return self._recover("parameters", self.step + 1, limit=self.step)
             self.step += 1
+            if sums is not None:
+                self.window_sums.append(sums)
+            if self.task.is_eval_step(self.step) or self.step == self.total_steps:  # the run evaluated here
+                self.window_sums.clear()
         self.nonfinite = NonFinite(what, bad_step)
 
     def _check_finite(self, losses: torch.Tensor, first_step: int) -> None:

@@ -93,6 +93,7 @@ def test_equals_one_process_on_the_global_batch(ddp_runs, tmp_path):
     records = [json.loads(line) for line in (ddp_runs / "run0" / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(line) for line in (tmp_path / "single" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [r["step"] for r in expected] == [2, 4, 5]
-    for r, e in zip(records, expected):
-        assert r["val_loss"] == pytest.approx(e["val_loss"], rel=1e-5)
+    for r, e in zip(records, expected):  # training metrics: both ranks' batch sums, all-reduced
+        for key in ("val_loss", "train_loss", "train_acc"):
+            assert r[key] == pytest.approx(e[key], rel=1e-5), (r["step"], key)
     assert (ddp_runs / "run0" / "checkpoint.pt").exists() and (ddp_runs / "run0" / "summary.json").exists()

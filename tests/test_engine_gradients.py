@@ -3,6 +3,7 @@
 parameters it is called with; the expected gradient is computed independently, in fp32, from those
 parameters on the whole batch of that step."""
 import copy
+import json
 
 import pytest
 import torch
@@ -143,3 +144,17 @@ def test_skip_policy_skips_filter_and_optimizer(tmp_path, calls):
     t.optimizer.register_step_post_hook(lambda *args: updates.append(1))
     t.run()
     assert len(calls) == 3 and len(updates) == 3 and t.skipped_steps == 1 and t.step == 4
+
+
+def test_padding_micro_batches_count_in_no_training_metric(tmp_path):
+    """64 micro-batches of the epoch's last batch (61 rows) include 3 padding ones (weight 0): the epoch's
+    training metrics still cover its 253 examples."""
+    def first_record(name, accum):
+        t = trainer(tmp_path / name, "--max_steps", "4", "--grad_accum_steps", str(accum))
+        t.run()
+        return json.loads((tmp_path / name / "run" / "metrics.jsonl").read_text().splitlines()[0])
+
+    whole, cut = first_record("whole", 1), first_record("cut", 64)
+    assert whole["step"] == cut["step"] == 4
+    assert cut["train_acc"] == pytest.approx(whole["train_acc"], abs=1e-7)
+    assert cut["train_loss"] == pytest.approx(whole["train_loss"], rel=1e-5)

@@ -89,3 +89,24 @@ def test_end_to_end_one_line_no_traceback(tmp_path):
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"error: non-finite training loss at step 9; checkpoint of step 8 saved "
                                           f"in {out} (--on_nonfinite skip skips such steps)"]
+
+
+def test_the_saved_state_carries_the_training_sums_of_its_own_steps(tmp_path, capsys):
+    """The replay restores the sums of the updates since the last evaluation (at 5) up to the saved
+    step 8, not the ones the run held when it found the NaN: updates 6-8, batches of 64, 64 and 61."""
+    out = tmp_path / "run"
+    main(capsys, out, "--lr", "3", "--eval_every", "5", "--checkpoint_every", "3", "--log_every_evals", "100")
+    state = checkpoint(out)
+    assert state["step"] == 8 and bool(torch.isfinite(state["train_sums"]).all())
+    assert state["train_sums"][2].item() == 64 + 64 + 61
+
+
+def test_skipped_updates_count_in_no_training_metric(tmp_path, capsys):
+    """Updates 9-15 are skipped: the record at 10 covers updates 6-8 only, the one at 15 has none."""
+    out = tmp_path / "run"
+    code, _ = main(capsys, out, "--lr", "3", "--on_nonfinite", "skip", "--max_steps", "15", "--eval_every", "5")
+    assert code == 0
+    records = {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(records) == [5, 10, 15]
+    assert all(torch.isfinite(torch.tensor(records[s]["train_loss"])) for s in (5, 10))
+    assert "train_loss" not in records[15] and "val_loss" in records[15]

@@ -14,7 +14,7 @@ class Task:
 
     name: str = ""
     model: nn.Module
-    # True when loss(batch) / evaluate(step) are fixed computations with no host sync, so the engine
+    # True when loss_and_sums(batch) / evaluate(step) are fixed computations with no host sync, so the engine
     # may capture them as CUDA graphs (per batch shape)
     graph_safe_loss: bool = False
     graph_safe_eval: bool = False
@@ -48,8 +48,8 @@ class Task:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
-        """0-dim device tensors (train_loss, train_acc, val_loss, val_acc, ...). No host sync here:
-        the engine buffers them and copies many at once."""
+        """0-dim device tensors (val_loss, val_acc, train_loss, ...; training metrics may come from
+        train_metrics() instead). No host sync here: the engine buffers them and copies many at once."""
         raise NotImplementedError
 
     def eval_graph_key(self, step: int) -> Hashable | None:

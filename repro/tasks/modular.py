@@ -4,10 +4,12 @@ Data: every pair x in [0, p), y in [1, p) (9312 equations for p = 97), tokens [x
 answer c at the last position; a random split (train_fraction of the pairs train, the rest val).
 
 Metrics, as the reference's: `val_loss` / `val_acc` over the whole validation split after each epoch
-(every `eval_every` updates); `train_loss` / `train_acc` the mean over the epoch's training batches,
-each taken from the forward of its own update (before that update), weighted by batch size (the
-epoch's last batch is smaller). So they cost no extra forward: re-evaluating the 4656 training
-equations after each epoch took about a fifth of a run's FLOPs.
+(every `eval_every` updates); `train_loss` / `train_acc` the mean over the training batches of the
+updates since the previous evaluation (an epoch), each taken from the forward of its own update
+(before that update), weighted by batch size (the epoch's last batch is smaller). So they cost no
+extra forward: re-evaluating the 4656 training equations after each epoch took about a fifth of a
+run's FLOPs. A run also evaluates after its last update, so the end of a `--max_steps` segment
+splits an epoch's training metrics in two; a checkpoint carries the updates since the last evaluation.
 """
 import contextlib
 from dataclasses import dataclass
