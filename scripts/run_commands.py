@@ -7,15 +7,17 @@
 summary marked "interrupted"; re-running with --skip_finished resumes them), SIGKILL 60 s later if still
 running, and no command starts with 10 s or less left.
 
-A command `[env VAR=VAL ...] python SCRIPT.py ARGS` with SCRIPT.py in the repository root (main*.py) runs in
-a fork of this process, which imports what the script needs once, before its first command starts (so the
-first runs train while a later script's imports load). Started as fresh processes,
-42 runs on a 16-core GPU machine spent 36-45 s with the CPUs 97% busy before the first one trained: each
-paid for `import torch` (~5 s of CPU there), torch._dynamo (~3 s), matplotlib and, for QM9, torch_geometric
-(~10 s). A forked run uses this runner's interpreter, whichever python its line names. Other commands run
-through the shell.
+A command `[env VAR=VAL ...] python SCRIPT.py ARGS` with SCRIPT.py in the repository root (main*.py) runs
+in a fork of this process, which imports what the script needs once, before its first command starts
+(so the first runs train while a later script's imports load). Started as fresh processes, 42 runs on a
+16-core GPU machine wrote their first lines 36-53 s after launch, the CPUs busy importing: each paid for
+`import torch` (~5 s of CPU there), torch._dynamo (torch.optim imports it at the first optimizer; 1.4 s
+on a faster CPU), matplotlib and, for QM9, torch_geometric (~10 s). A forked run uses this runner's
+interpreter, whichever python its line names. Other commands run through the shell. A run gets SIGTERM
+if the runner dies first.
 """
 import argparse
+import ctypes
 import os
 import runpy
 import shlex
@@ -31,6 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 KILL_AFTER_S = 60  # after the deadline's SIGINT: time to save a checkpoint
 MIN_LEFT_S = 10  # a command whose turn comes with this little time left is not started
+PR_SET_PDEATHSIG = 1  # prctl(2)
 # read when the interpreter, torch or OpenMP starts, i.e. in this runner before any fork: a command that
 # sets one runs as a process
 IMPORT_TIME_VARS = ("PYTHON", "OMP_", "MKL_", "TORCH", "LD_")
@@ -110,13 +113,24 @@ def preload(script: str) -> bool:
     return True
 
 
-def child(script: str, args: list[str], env: dict, log: Path):
+def die_with_runner() -> None:
+    """Linux: a run gets SIGTERM (the engine then checkpoints and stops) if the runner dies before it,
+    so no run outlives a killed runner on the GPU."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
+def child(script: str, args: list[str], env: dict, log: Path, signal_mask) -> None:
     """In the forked process: what `python SCRIPT ARGS` would do, output to the log. Never returns."""
     code = 1
     try:
         os.setpgid(0, 0)  # own process group, as for a process: the terminal's Ctrl-C goes to the runner
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)  # a signal sent meanwhile arrives now
+        die_with_runner()
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
         os.dup2(out, 1)
@@ -151,14 +165,19 @@ def start(job: Job, logdir: Path) -> None:
     if not use_fork:
         with open(log, "wb") as out:
             job.proc = subprocess.Popen(job.cmd, shell=True, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=die_with_runner)
         job.pid = job.proc.pid
         return
     sys.stdout.flush()
     sys.stderr.flush()
+    # signals wait until the child has its own handlers: one sent right after the fork would otherwise
+    # reach this runner's handler in the child, and be lost
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     job.pid = os.fork()
     if job.pid == 0:
-        child(*job.fork, log)
+        child(*job.fork, log, mask)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     try:
         os.setpgid(job.pid, job.pid)  # also here: a signal sent right away must find the group
     except OSError:
@@ -201,10 +220,14 @@ def run(jobs: deque, slots: int, logdir: Path, end: float | None) -> None:
             signal_all(running, signal.SIGKILL)
         while jobs and len(running) < slots:
             job = jobs.popleft()
-            if end is not None and end - now <= MIN_LEFT_S:
+            if end is not None and end - time.monotonic() <= MIN_LEFT_S:  # a preload may have taken a while
                 print(f"not started (deadline): {job.cmd}", flush=True)
                 continue
-            start(job, logdir)
+            try:
+                start(job, logdir)
+            except OSError as exc:  # fork refused, log not writable: this command fails, the others go on
+                print(f"[error: {exc}] {job.cmd}", flush=True)
+                continue
             running.append(job)
         for job in list(running):
             code = exit_code(job)

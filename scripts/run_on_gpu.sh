@@ -45,7 +45,7 @@ launch=$(printf '%s\n' "$commands" | while IFS= read -r cmd; do  # MPS settings:
   echo "${vars:+env$vars }$cmd"
 done)
 start=$(date +%s)
-printf '%s\n' "$launch" | python3 scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
+printf '%s\n' "$launch" | "${PYTHON:-python3}" scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
 end=$(date +%s)
 if [ "$started_mps" = 1 ]; then
   # other sittings' runs: forked by their runners, they carry the runner's command line (this sitting's

@@ -72,6 +72,25 @@ def test_deadline_interrupts_with_a_checkpoint_and_starts_nothing_late(tmp_path)
     assert not (tmp_path / "late").exists()
 
 
+def test_runs_stop_with_a_checkpoint_when_the_runner_is_killed(tmp_path):
+    """SIGKILL to the runner (a CI timeout, say): its forked run gets SIGTERM and saves a checkpoint."""
+    out = tmp_path / "orphan"
+    env = {k: v for k, v in os.environ.items() if k != "GROKFAST_GIT_COMMIT"}
+    runner = subprocess.Popen([sys.executable, "scripts/run_commands.py", "--logdir", str(tmp_path / "logs")],
+                              cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    runner.stdin.write(f"{PY} main.py {SMALL} --max_steps 1000000 --log_every_evals 1 --out_dir {out}\n")
+    runner.stdin.close()
+    deadline = time.monotonic() + 60
+    while not (out / "metrics.jsonl").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner.kill()
+    runner.wait()
+    while not (out / "summary.json").exists() and time.monotonic() < deadline + 30:
+        time.sleep(0.1)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped"].startswith("interrupted (SIGTERM)") and (out / "checkpoint.pt").exists()
+
+
 def test_which_commands_fork(monkeypatch):
     spec = importlib.util.spec_from_file_location("run_commands", REPO / "scripts" / "run_commands.py")
     module = importlib.util.module_from_spec(spec)
