@@ -135,21 +135,25 @@ def sittings_markdown(results: Path) -> str:
     files = sorted((results / "sittings").glob("*.json"))
     if not files:
         return ""
-    spans, runs, jobs, devices = [], 0, 0, set()
+    spans, jobs, devices = [], 0, set()
     for f in files:
         rec = json.loads(f.read_text())
         start = datetime.strptime(f.name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
         spans.append((start, start + rec["wall_s"]))
-        runs, jobs = runs + len(rec["runs"]), max(jobs, rec["jobs"])
+        jobs = max(jobs, rec["jobs"])
         devices.add(rec["device"])
+    # a sitting lists every run it was given, finished ones too: count runs and resumes from the run folders
+    headers = [json.loads(h.read_text()) for h in results.glob("*/*/header.json")]
+    resumes = sum(len(h.get("resumed", [])) for h in headers)
     spans.sort()
     total, end = 0.0, -math.inf
     for a, b in spans:  # sittings that ran side by side count once
         total += max(0.0, b - max(a, end))
         end = max(end, b)
     return (f"**GPU time.** {len(files)} sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`) on "
-            f"{', '.join(sorted(devices))}: {total / 60:.1f} minutes of GPU wall time in all, {runs} run "
-            f"launches (a resumed run counts again), up to {jobs} runs of a sitting at once under CUDA MPS. "
+            f"{', '.join(sorted(devices))}: {total / 60:.1f} minutes of GPU wall time in all for {len(headers)} "
+            f"runs ({resumes} of them resumed after a sitting's deadline), up to {jobs} runs of a sitting at "
+            "once under CUDA MPS. "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
             "crowded GPU, not of a run alone: `results/bench/` has each task alone (`probe_h100.txt`; mod-97 "
             "at the current code: the run folders in `solo_h100_modular/`).\n")

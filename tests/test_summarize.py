@@ -86,5 +86,7 @@ def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once(results,
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("bottom\n") and "\nold\n" not in text
     assert "2.5 minutes of GPU wall time" in text  # 10:00:00-10:01:40 and 10:00:50-10:02:30 overlap
+    n_runs = len(list(results.glob("*/*/header.json")))
+    assert n_runs > 0 and f"for {n_runs} runs (0 of them resumed" in text
     link = summarize.relpath(results / "figures" / "modular_ema.png", tmp_path)
     assert f"]({link})" in text and (tmp_path / link).exists()  # links re-based to the README's folder
