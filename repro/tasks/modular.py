@@ -9,7 +9,8 @@ updates since the previous evaluation (an epoch), each taken from the forward of
 (before that update), weighted by batch size (the epoch's last batch is smaller). So they cost no
 extra forward: re-evaluating the 4656 training equations after each epoch took about a fifth of a
 run's FLOPs. A run also evaluates after its last update, so the end of a `--max_steps` segment
-splits an epoch's training metrics in two; a checkpoint carries the updates since the last evaluation.
+splits an epoch's training metrics in two; a checkpoint carries the updates since the last evaluation
+(one saved before acdfd10 carries none: a run resumed from it mid-epoch logs a partial epoch first).
 """
 import contextlib
 from dataclasses import dataclass
