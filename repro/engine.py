@@ -272,6 +272,10 @@ class Trainer:
         self.eager_step_done = True
         return loss, sums
 
+    def _evaluates_after(self, step: int) -> bool:
+        """Whether the run evaluates after `step` updates: where the task says, and after its last."""
+        return self.task.is_eval_step(step) or step >= self.total_steps
+
     def _capture_next_eval(self, step: int) -> None:
         """Capture the next evaluation's graph before the first training graph. A fresh run usually
         evaluates before its first graphed step, a resumed one may not; the capture order moves the peak
@@ -280,7 +284,7 @@ class Trainer:
         if self.graphed_eval is None:
             return
         nxt = step + 1
-        while not (self.task.is_eval_step(nxt) or nxt >= self.total_steps):
+        while not self._evaluates_after(nxt):
             nxt += 1
         key = self.task.eval_graph_key(nxt)
         if key is not None:
@@ -362,7 +366,7 @@ class Trainer:
             self.step += 1
             if sums is not None:
                 self.window_sums.append(sums)
-            if self.task.is_eval_step(self.step) or self.step == self.total_steps:  # the run evaluated here
+            if self._evaluates_after(self.step):  # the run evaluated here: its window started anew
                 self.window_sums.clear()
         self.nonfinite = NonFinite(what, bad_step)
 
@@ -471,7 +475,7 @@ class Trainer:
                 self.window_sums.append(sums)
             self.timer.end(begin)
             self.step += 1
-            if self.task.is_eval_step(self.step) or self.step == self.total_steps:
+            if self._evaluates_after(self.step):
                 begin = self.eval_timer.begin()
                 key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
                 result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
