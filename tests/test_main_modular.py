@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from repro.tasks.modular import Decoder, ModularConfig, ModularTask, embed_tokens, modular_equations
+from repro.tasks.modular import Decoder, ModularConfig, ModularTask, modular_equations
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,25 +83,6 @@ def test_answer_only_last_block_is_the_references_full_forward():
         torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
         for a, b in zip(trimmed_grads, full_grads):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
-
-
-def test_token_embedding_as_one_hot_product_is_the_lookup():
-    """embed_tokens: the lookup's rows exactly (also under autocast), and its gradient to float rounding;
-    without a gradient it is the lookup itself."""
-    torch.manual_seed(0)
-    table = torch.nn.Embedding(99, 128)
-    tokens = modular_equations(97, "mul")[:4, torch.randperm(9312)[:512]]
-    grad_out = torch.randn(4, 512, 128)
-    rows = embed_tokens(table, tokens)
-    assert torch.equal(rows, table(tokens))
-    rows.backward(grad_out)
-    ours, table.weight.grad = table.weight.grad, None
-    table(tokens).backward(grad_out)
-    torch.testing.assert_close(ours, table.weight.grad, rtol=1e-4, atol=1e-4)  # sums of 512 rows
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert torch.equal(embed_tokens(table, tokens), table(tokens))
-    with torch.no_grad():
-        assert torch.equal(embed_tokens(table, tokens), table(tokens))
 
 
 def test_train_metrics_are_the_epochs_batch_means_before_each_update(tmp_path):

@@ -71,17 +71,6 @@ def modular_equations(p: int, operation: str) -> torch.Tensor:
     return torch.stack([x, torch.full_like(x, op_token), y, torch.full_like(x, eq_token), answer])
 
 
-def embed_tokens(embedding: nn.Embedding, tokens: torch.Tensor) -> torch.Tensor:
-    """embedding(tokens). When the table needs a gradient, computed as one_hot(tokens) @ table: the
-    same rows, and the table's gradient is one small matrix product, where the Embedding's backward
-    kernel took a tenth of a mod-97 training step's GPU time on an H100 (75 of 805 us). The gradient's
-    sums then run in another order (float rounding)."""
-    if not (torch.is_grad_enabled() and embedding.weight.requires_grad):
-        return embedding(tokens)
-    with torch.autocast(tokens.device.type, enabled=False):  # the table's rows exactly, as a lookup
-        return F.one_hot(tokens, embedding.num_embeddings).to(embedding.weight.dtype) @ embedding.weight
-
-
 class Block(nn.Module):
     """Transformer block exactly as the reference writes it.
 
@@ -116,6 +105,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList([Block(dim, num_heads) for _ in range(num_layers)])
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_tokens, bias=False)
+        self.register_buffer("positions", torch.arange(seq_len), persistent=False)
 
     def forward(self, tokens: torch.Tensor, all_positions: bool = False) -> torch.Tensor:
         """Logits of the answer, (batch, vocab): the reference computes the head at every position and
@@ -123,8 +113,7 @@ class Decoder(nn.Module):
         its queries, MLP and head for that position alone (a third fewer FLOPs, same function).
         all_positions=True gives the reference's full (seq, batch, vocab) output."""
         seq_len = tokens.shape[0]
-        # the position rows of a sequence are the table's first rows (an Embedding of arange, sliced)
-        h = embed_tokens(self.token_embeddings, tokens) + self.position_embeddings.weight[:seq_len, None, :]
+        h = self.token_embeddings(tokens) + self.position_embeddings(self.positions[:seq_len])[:, None, :]
         # float causal mask (-inf above the diagonal), as the reference builds it
         mask = torch.full((seq_len, seq_len), float("-inf"), device=tokens.device, dtype=h.dtype).triu(1)
         # attention over 4 positions on a GPU: the plain (math) kernels, not the memory-efficient one,
