@@ -27,7 +27,7 @@ def _side_stream_warmup(fn: Callable[[], object], iters: int) -> None:
 
 
 class GraphedTrainStep:
-    """Replays `loss_fn(batch)[0].backward()` plus the capturable prefix of `phases` as one graph per
+    """Replays the gradients of `loss_fn(batch)[0]` (into the .grad tensors) plus the capturable prefix of `phases` as one graph per
     batch shape (an epoch's last batch is smaller), then runs the remaining phases, capturing each
     maximal run of capturable ones as one more (shape-independent) graph.
 
@@ -54,9 +54,12 @@ class GraphedTrainStep:
 
     def _forward_backward(self, batch: torch.Tensor) -> torch.Tensor:
         """-> [loss, *sums]: one output tensor, so a replay's results cost one copy."""
-        torch._foreach_zero_([p.grad for p in self.params])
         loss, sums = self.loss_fn(batch)
-        loss.backward()  # accumulates into the zeroed, fixed-address .grad tensors
+        # the gradients, copied into the fixed-address .grad tensors by one foreach kernel: backward()
+        # would add each into a zeroed .grad, one kernel per parameter (a tenth of a mod-97 step's
+        # kernels); a copy of x and 0 + x are the same values
+        grads = torch.autograd.grad(loss, self.params)
+        torch._foreach_copy_([p.grad for p in self.params], grads)
         loss = loss.detach().reshape(1)
         return loss if sums is None else torch.cat([loss, sums.to(loss.dtype)])
 

@@ -7,7 +7,8 @@
 # Under MPS, two settings measured on an H100 with all 42 table runs at once (results/bench/sitting_probes/):
 # --first: runs whose command matches keep normal MPS priority, all others run below it, so the
 #   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each) are not the last ones
-#   left: 3.4 instead of 9.5 ms per step in the crowd, the others about as fast. "" turns it off.
+#   left: 3.4 instead of 9.5 ms per step in the crowd, the others about as fast. They also start
+#   first. "" turns it off.
 # --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
 #   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
 #   per step at 25%. "" turns it off.
@@ -44,6 +45,9 @@ launch=$(printf '%s\n' "$commands" | while IFS= read -r cmd; do  # MPS settings:
   fi
   echo "${vars:+env$vars }$cmd"
 done)
+if [ -n "$FIRST" ]; then  # the first runs also start first, before the others load the CPUs
+  launch=$( { grep -E -- "$FIRST" <<<"$launch" || true; grep -vE -- "$FIRST" <<<"$launch" || true; } )
+fi
 start=$(date +%s)
 printf '%s\n' "$launch" | "${PYTHON:-python3}" scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
 end=$(date +%s)
