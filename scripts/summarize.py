@@ -130,7 +130,7 @@ def row_name(spec: dict, run: dict) -> str:
     return spec["rows"][run["config"]["label"]]["name"]
 
 
-def sittings_markdown(results: Path) -> str:
+def sittings_markdown(results: Path, runs: list[dict]) -> str:
     """What the GPU sittings (scripts/run_on_gpu.sh records) cost: their union of wall time."""
     files = sorted((results / "sittings").glob("*.json"))
     if not files:
@@ -143,7 +143,8 @@ def sittings_markdown(results: Path) -> str:
         jobs = max(jobs, rec["jobs"])
         devices.add(rec["device"])
     # a sitting lists every run it was given, finished ones too: count runs and resumes from the run folders
-    headers = [json.loads(h.read_text()) for h in results.glob("*/*/header.json")]
+    headers = [json.loads((r["dir"] / "header.json").read_text()) for r in runs
+               if (r["dir"] / "header.json").exists()]
     resumes = sum(len(h.get("resumed", [])) for h in headers)
     spans.sort()
     total, end = 0.0, -math.inf
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
              "Each cell: mean ± std over seeds (n), per-seed values underneath; `>` marks a run that never "
              "reached the threshold within its steps (its step count is used, so the mean is a lower "
              "bound). The paper's figure (one seed, GTX 1080 Ti) is under ours.", "",
-            sittings_markdown(args.results)]
+            sittings_markdown(args.results, runs)]
     body += [table_markdown(table_id, spec, runs, args.thresholds, out.parent, out.parent / "figures")
              for table_id, spec in specs.items() if not args.tables or table_id in args.tables]
     out.parent.mkdir(parents=True, exist_ok=True)
