@@ -27,9 +27,9 @@ def _side_stream_warmup(fn: Callable[[], object], iters: int) -> None:
 
 
 class GraphedTrainStep:
-    """Replays the gradients of `loss_fn(batch)[0]` (into the .grad tensors) plus the capturable prefix of `phases` as one graph per
-    batch shape (an epoch's last batch is smaller), then runs the remaining phases, capturing each
-    maximal run of capturable ones as one more (shape-independent) graph.
+    """Replays the gradients of `loss_fn(batch)[0]` (into the .grad tensors) plus the capturable prefix
+    of `phases` as one graph per batch shape (an epoch's last batch is smaller), then runs the remaining
+    phases, capturing each maximal run of capturable ones as one more (shape-independent) graph.
 
     Call it only after one eager step, so lazily created state (filter EMA, optimizer moments)
     exists and is not re-created inside a graph. `loss_fn` returns (loss, the task's batch sums or None),

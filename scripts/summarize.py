@@ -143,8 +143,8 @@ def sittings_markdown(results: Path, runs: list[dict]) -> str:
         jobs = max(jobs, rec["jobs"])
         devices.add(rec["device"])
     # a sitting lists every run it was given, finished ones too: count runs and resumes from the run folders
-    headers = [json.loads((r["dir"] / "header.json").read_text()) for r in runs
-               if (r["dir"] / "header.json").exists()]
+    paths = [r["dir"] / "header.json" for r in runs]
+    headers = [json.loads(p.read_text()) for p in paths if p.exists()]
     resumes = sum(len(h.get("resumed", [])) for h in headers)
     spans.sort()
     total, end = 0.0, -math.inf
