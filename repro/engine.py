@@ -122,6 +122,10 @@ class Trainer:
         self.elapsed_offset_s = 0.0  # wall time of earlier segments of a resumed run
         self.resumed_peak_mb = None  # and their peak GPU memory
         self.window_sums: list[torch.Tensor] = []  # the task's training-batch sums since the last evaluation
+        # evaluations may ride on the next update's forward (Task.carries_eval) when an update is one
+        # forward on one process; `carry` is an evaluation waiting for it: (step, training metrics, mark)
+        self.may_carry = not self.split and cfg.on_nonfinite != "skip"
+        self.carry: tuple | None = None
         self._prepare_out_dir(argv)
 
     # ---- run folder -------------------------------------------------------------------------
@@ -255,10 +259,21 @@ class Trainer:
         if self.filter and cfg.two_stage:
             self.filter.enabled = step >= TWO_STAGE_STEPS
 
+    def _carries(self, step: int) -> bool:
+        """Whether update step + 1 also runs the forward of the evaluation after `step` updates."""
+        return self.may_carry and step >= 1 and self.task.carries_eval(step)
+
+    def _batch(self, step: int):
+        return self.task.train_batch(step, carry=step) if self._carries(step) else self.task.train_batch(step)
+
+    def _split(self, step: int, sums: torch.Tensor | None) -> tuple[torch.Tensor | None, dict | None]:
+        """Update step + 1's sums -> (its batch sums, the carried evaluation's results or None)."""
+        return self.task.split_carried(sums) if self._carries(step) and sums is not None else (sums, None)
+
     def _train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """One update; returns (loss, the task's training-batch sums or None)."""
+        """One update; returns (loss, the task's sums or None: the batch's, then a carried evaluation's)."""
         self._set_schedule(step)
-        batch = self.task.train_batch(step)
+        batch = self._batch(step)
         if self.use_graphs and step > self.cfg.warmup_steps and self.eager_step_done:
             if self.graphed_step is None:  # after an eager step: lazy state exists, grads have addresses
                 self._capture_next_eval(step)
@@ -357,7 +372,8 @@ class Trainer:
             return
         while self.step < limit:
             self._set_schedule(self.step)
-            _, sums, problem = self._eager_step(self.task.train_batch(self.step), check=True)
+            _, sums, problem = self._eager_step(self._batch(self.step), check=True)
+            sums = self._split(self.step, sums)[0]  # the replay retraces the run, carried forwards too
             if problem:
                 self.nonfinite = NonFinite(problem, self.step + 1)
                 return
@@ -470,23 +486,35 @@ class Trainer:
         while self.step < self.total_steps:
             begin = self.timer.begin()
             loss, sums = self._train_step(self.step)
+            sums, carried = self._split(self.step, sums)
+            if self.carry is not None:  # the previous evaluation's forward ran in this update's
+                carried_step, train_part, mark = self.carry
+                self.pending_evals.append((carried_step, {**train_part, **carried}, mark))
+                self.carry = None
             self.pending_losses.append(loss)
             if sums is not None:
                 self.window_sums.append(sums)
             self.timer.end(begin)
             self.step += 1
+            at_checkpoint = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
             if self._evaluates_after(self.step):
-                begin = self.eval_timer.begin()
-                key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
-                result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
+                train_part = {}
                 sums = self._train_sums()
                 if sums is not None:  # training metrics from the batches since the last evaluation
-                    result = {**self.task.train_metrics(self.dist.sum(sums) if self.dist else sums), **result}
+                    train_part = self.task.train_metrics(self.dist.sum(sums) if self.dist else sums)
                     self.window_sums.clear()
-                self.pending_evals.append((self.step, result, self.clock.mark()))
-                self.eval_timer.end(begin)
-            at_checkpoint = bool(cfg.checkpoint_every) and self.step % cfg.checkpoint_every == 0
-            if self._flush_due(at_checkpoint):
+                if (self._carries(self.step) and self.step < self.total_steps and not at_checkpoint
+                        and not self.interrupted):
+                    # the next update runs this evaluation; a flush due now waits for it (one step), so
+                    # which evaluations are carried depends on steps, not on the clock
+                    self.carry = (self.step, train_part, self.clock.mark())
+                else:  # by itself; the next update may run its forward again, for nothing
+                    begin = self.eval_timer.begin()
+                    key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
+                    result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
+                    self.pending_evals.append((self.step, {**train_part, **result}, self.clock.mark()))
+                    self.eval_timer.end(begin)
+            if self.carry is None and self._flush_due(at_checkpoint):
                 self._flush()
                 if self.nonfinite is not None:
                     self.stopped = f"non-finite {self.nonfinite.what} at step {self.nonfinite.step}"

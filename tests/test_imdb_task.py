@@ -144,3 +144,59 @@ def test_missing_data_exits_2_naming_the_path(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and str(missing) in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _run(tmp_path, data_dir, name, *flags):
+    from repro.engine import Trainer
+    cfg = load_config(ImdbConfig, ["--data_dir", str(data_dir), "--seq_len", str(SHORT), "--device", "cpu",
+                                   "--progress", "false", "--eval_every", "10", "--out_dir", str(tmp_path / name),
+                                   *flags])
+    trainer = Trainer(cfg, ImdbTask)
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return trainer, records
+
+
+def test_carried_batch_holds_the_validation_rows_after_the_training_rows(task):
+    batch = task.train_batch(7, carry=6)
+    assert batch.shape == (100, SHORT + 1)
+    assert torch.equal(batch[:50], task.train_batch(7))
+    idx = task.val_batch_indices(6)
+    assert torch.equal(batch[50:, :-1], task.x_val[idx]) and torch.equal(batch[50:, -1].float(), task.y_val[idx])
+    loss, sums = task.loss_and_sums(batch)
+    torch.testing.assert_close(loss, task.loss(task.train_batch(7)))  # the validation rows add no loss
+    split = task.split_carried(sums)[1]
+    standalone = task.evaluate(6)  # not a grid step: the per-step batch only
+    assert set(standalone) == set(split)
+    for key in split:
+        torch.testing.assert_close(split[key], standalone[key])
+    assert not task.carries_eval(1) and not task.carries_eval(50) and task.carries_eval(51)  # grid: by itself
+
+
+def test_carried_evaluations_give_the_standalone_ones_metrics(tmp_path, data_dir, monkeypatch):
+    """The per-step validation batch evaluated in the next update's forward (same parameters) logs what
+    evaluating it by itself after each update logs, to float rounding, at the same steps."""
+    _, carried = _run(tmp_path, data_dir, "carried", "--max_steps", "33")
+    monkeypatch.setattr(ImdbTask, "carries_eval", lambda self, step: False)
+    _, alone = _run(tmp_path, data_dir, "alone", "--max_steps", "33")
+    assert [r["step"] for r in carried] == [r["step"] for r in alone] == list(range(1, 34))
+    for a, b in zip(carried, alone):
+        assert a.keys() == b.keys()
+        for key in a:
+            if key not in ("step", "elapsed_s"):
+                assert math.isclose(a[key], b[key], rel_tol=1e-4, abs_tol=1e-6), (a["step"], key)
+
+
+def test_which_evaluations_are_carried_does_not_change_the_training(tmp_path, data_dir):
+    """Flushes (every 3 evaluations here, or on the clock) and a run cut at step 17 and resumed do not
+    change what each update computes: the same parameters at the end, the same records but at the cut
+    (evaluated there by itself) to float rounding."""
+    straight, a = _run(tmp_path, data_dir, "straight", "--max_steps", "30")
+    _run(tmp_path, data_dir, "cut", "--max_steps", "17", "--log_every_evals", "3")
+    cut, b = _run(tmp_path, data_dir, "cut", "--max_steps", "30", "--log_every_evals", "3", "--resume", "true")
+    for (name, p), q in zip(straight.model.named_parameters(), cut.model.parameters()):
+        assert torch.equal(p, q), name
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        same = {k: v for k, v in x.items() if k != "elapsed_s"} == {k: v for k, v in y.items() if k != "elapsed_s"}
+        assert same or x["step"] == 17, x["step"]

@@ -11,6 +11,8 @@ Two kinds of validation, both logged:
 - `val_batch_acc` / `val_batch_loss` (every step): the reference's protocol, one random batch of 50
   validation reviews after each update (`next(iter(valid_loader))` with shuffle=True: 50 distinct
   reviews). The paper's IMDb "best val acc / min val loss" are the max / min of these noisy values.
+  Off the grid this batch is evaluated in the next update's forward, which sees the same parameters
+  (carries_eval; see Task.carries_eval).
 - `val_acc` / `val_loss` / `train_acc` / `train_loss` (at step 1, every `eval_every` steps and the
   last step): the whole validation (250) and training (750) splits. Records of other steps lack
   these keys (the engine allows key sets to differ between evaluations).
@@ -125,6 +127,7 @@ class ImdbTask(Task):
         # a training batch is one tensor, tokens then the 0/1 label as a last column: the engine's CUDA
         # graphs copy a batch into a static tensor (see repro/graphs.py)
         self.train_rows = torch.cat([self.x_train, self.y_train.long()[:, None]], dim=1)
+        self.val_rows = torch.cat([self.x_val, self.y_val.long()[:, None]], dim=1)
         self.vocab_size = len(data["vocab"]) + 1  # + padding index 0, as the reference
         n_train, n_val = len(self.y_train), len(self.y_val)
         if cfg.batch_size > n_val:
@@ -141,12 +144,36 @@ class ImdbTask(Task):
         self.last_step = cfg.steps
 
     # ---- training -----------------------------------------------------------------------------
-    def train_batch(self, step: int) -> torch.Tensor:
-        """(batch_size, seq_len + 1) long: the tokens, then the label."""
-        return self.train_rows[self.batches(step)]
+    def train_batch(self, step: int, carry: int | None = None) -> torch.Tensor:
+        """(batch_size, seq_len + 1) long: the tokens, then the label; with `carry`, the validation batch
+        of the evaluation after `carry` updates appended (batch_size more rows, see carries_eval)."""
+        rows = self.train_rows[self.batches(step)]
+        return rows if carry is None else torch.cat([rows, self.val_rows[self.val_batch_indices(carry)]])
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return bce(self.model(batch[:, :-1]), batch[:, -1].float())
+        return self.loss_and_sums(batch)[0]
+
+    def loss_and_sums(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The training rows' mean BCE; for a batch that carries a validation batch (its rows beyond
+        batch_size: a training batch never has more), that batch's [loss, accuracy] as the sums."""
+        n_train = len(batch) - self.cfg.batch_size if len(batch) > self.cfg.batch_size else len(batch)
+        prob, target = self.model(batch[:, :-1]), batch[:, -1].float()
+        loss = bce(prob[:n_train], target[:n_train])
+        if n_train == len(batch):
+            return loss, None
+        loss_sum, correct = self._sums(prob[n_train:].detach(), target[n_train:])
+        n_val = len(batch) - n_train
+        return loss, torch.stack([loss_sum / n_val, correct / n_val])  # as _metrics computes them
+
+    def carries_eval(self, step: int) -> bool:
+        """The per-step validation batch rides on the next update's forward (the same parameters): one
+        100-row LSTM forward instead of two 50-row ones, each a chain of ~2,000 small kernels through
+        the 500 time steps (on an H100 shared by the reproduction's 42 runs, IMDb's pace followed its
+        kernel count). The whole-split evaluations run by themselves."""
+        return not self.is_grid_step(step)
+
+    def split_carried(self, sums: torch.Tensor) -> tuple[None, dict[str, torch.Tensor]]:
+        return None, {"val_batch_loss": sums[0], "val_batch_acc": sums[1]}
 
     # ---- evaluation ---------------------------------------------------------------------------
     def is_eval_step(self, step: int) -> bool:
@@ -163,18 +190,19 @@ class ImdbTask(Task):
         perm = torch.randperm(len(self.y_val), generator=self._val_generator, device=self.device)
         return perm[:self.cfg.batch_size]
 
+    @staticmethod
+    def _sums(prob: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed BCE, correct answers) of one forward; (prob > 0.5) == y is the reference's
+        torch.round(prob) == y."""
+        return bce(prob, target, reduction="sum"), ((prob > 0.5).float() == target).sum()
+
     def _metrics(self, tokens: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean BCE, accuracy) over `tokens`, in chunks of `eval_chunk` rows (bounds the memory of the
         LSTM's per-time-step outputs: 1000 rows x 500 steps x 256 floats = 0.5 GB)."""
-        losses, correct = [], []
-        chunk = self.cfg.eval_chunk
-        for start in range(0, len(target), chunk):
-            prob = self.model(tokens[start:start + chunk])
-            y = target[start:start + chunk]
-            losses.append(bce(prob, y, reduction="sum"))
-            correct.append(((prob > 0.5).float() == y).sum())  # = torch.round(prob) == y, as the reference
-        n = len(target)
-        return torch.stack(losses).sum() / n, torch.stack(correct).sum() / n
+        chunk, n = self.cfg.eval_chunk, len(target)
+        sums = [self._sums(self.model(tokens[i:i + chunk]), target[i:i + chunk]) for i in range(0, n, chunk)]
+        loss, correct = (torch.stack(parts).sum() for parts in zip(*sums))
+        return loss / n, correct / n
 
     def eval_graph_key(self, step: int) -> str | None:
         # the per-step batch is one fixed computation; the grid's 1000-row forward stays eager (a graph
