@@ -124,7 +124,8 @@ class Trainer:
         self.window_sums: list[torch.Tensor] = []  # the task's training-batch sums since the last evaluation
         # evaluations may ride on the next update's forward (Task.carries_eval) when an update is one
         # forward on one process; `carry` is an evaluation waiting for it: (step, training metrics, mark)
-        self.may_carry = not self.split and cfg.on_nonfinite != "skip"
+        # (under --amp the carried forward would run in half precision, a standalone evaluation does not)
+        self.may_carry = not self.split and cfg.on_nonfinite != "skip" and cfg.amp == "none"
         self.carry: tuple | None = None
         self._prepare_out_dir(argv)
 
@@ -503,12 +504,10 @@ class Trainer:
                 if sums is not None:  # training metrics from the batches since the last evaluation
                     train_part = self.task.train_metrics(self.dist.sum(sums) if self.dist else sums)
                     self.window_sums.clear()
-                if (self._carries(self.step) and self.step < self.total_steps and not at_checkpoint
-                        and not self.interrupted):
-                    # the next update runs this evaluation; a flush due now waits for it (one step), so
-                    # which evaluations are carried depends on steps, not on the clock
+                if self._carries(self.step) and not self._flush_due(at_checkpoint, extra_evals=1):
+                    # the next update runs this evaluation (no flush now: the loop gets there)
                     self.carry = (self.step, train_part, self.clock.mark())
-                else:  # by itself; the next update may run its forward again, for nothing
+                else:  # by itself (the next update may still run its forward, as it does by step alone)
                     begin = self.eval_timer.begin()
                     key = self.task.eval_graph_key(self.step) if self.graphed_eval else None
                     result = self.task.evaluate(self.step) if key is None else self.graphed_eval(self.step, key)
@@ -527,10 +526,10 @@ class Trainer:
                 if self.stopped != "budget":
                     return
 
-    def _flush_due(self, at_checkpoint: bool) -> bool:
-        """Whether to flush now. Ranks must flush together (a flush holds collectives): they agree on
-        Ctrl-C and time-based flushes every POLL_STEPS steps."""
-        due = (len(self.pending_evals) >= self.cfg.log_every_evals or at_checkpoint
+    def _flush_due(self, at_checkpoint: bool, extra_evals: int = 0) -> bool:
+        """Whether to flush now (with `extra_evals` more evaluations buffered). Ranks must flush together
+        (a flush holds collectives): they agree on Ctrl-C and time-based flushes every POLL_STEPS steps."""
+        due = (len(self.pending_evals) + extra_evals >= self.cfg.log_every_evals or at_checkpoint
                or self.step == self.total_steps)
         wish = bool(self.interrupted) or time.monotonic() - self.last_flush > FLUSH_SECONDS
         if self.dist is None:
@@ -564,7 +563,8 @@ class Trainer:
                    "filter": self.cfg.filter}
         summary.update(summarize(records, self.step, wall_s, self.timer.mean_ms, peak,
                                  self.log_device_name(), self.stopped))
-        summary["eval_ms"] = self.eval_timer.mean_ms  # mean time of one evaluation (this segment)
+        # mean time of one evaluation run by itself (this segment); a carried one is in a training step's
+        summary["eval_ms"] = self.eval_timer.mean_ms
         if self.skipped_steps:
             summary["skipped_nonfinite_steps"] = self.skipped_steps
         summary.update(self.task.table_metrics(records))

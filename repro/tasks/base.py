@@ -46,8 +46,9 @@ class Task:
         """Whether update step + 1, which sees the parameters the evaluation after `step` updates sees,
         also runs that evaluation's forward: train_batch(step, carry=step) then appends its inputs and
         loss_and_sums() returns its results after the batch's own sums (see split_carried). The engine
-        decides this by step alone, so a run's computation does not depend on when it flushes or stops.
-        Default: never."""
+        decides this by step alone, so a run's training does not depend on when it flushes or stops; an
+        evaluation at a flush, a checkpoint or a segment's last step runs by itself (the next update's
+        rows for it go unused). Default: never."""
         return False
 
     def split_carried(self, sums: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
