@@ -130,34 +130,44 @@ def row_name(spec: dict, run: dict) -> str:
     return spec["rows"][run["config"]["label"]]["name"]
 
 
+def union_seconds(spans: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) spans: sittings that ran side by side count once."""
+    total, last = 0.0, -math.inf
+    for a, b in sorted(spans):
+        total += max(0.0, b - max(a, last))
+        last = max(last, b)
+    return total
+
+
 def sittings_markdown(results: Path, runs: list[dict]) -> str:
-    """What the GPU sittings (scripts/run_on_gpu.sh records) cost: their union of wall time."""
+    """What the GPU sittings (scripts/run_on_gpu.sh records) cost, per device, and which runs they made."""
     files = sorted((results / "sittings").glob("*.json"))
     if not files:
         return ""
-    spans, jobs, devices = [], 0, set()
+    spans, jobs = {}, 0  # device -> [(start, end)]
     for f in files:
         rec = json.loads(f.read_text())
         start = datetime.strptime(f.name[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
-        spans.append((start, start + rec["wall_s"]))
+        spans.setdefault(rec["device"], []).append((start, start + rec["wall_s"]))
         jobs = max(jobs, rec["jobs"])
-        devices.add(rec["device"])
-    # a sitting lists every run it was given, finished ones too: count runs and resumes from the run folders
-    paths = [r["dir"] / "header.json" for r in runs]
-    headers = [json.loads(p.read_text()) for p in paths if p.exists()]
-    resumes = sum(len(h.get("resumed", [])) for h in headers)
-    spans.sort()
-    total, end = 0.0, -math.inf
-    for a, b in spans:  # sittings that ran side by side count once
-        total += max(0.0, b - max(a, end))
-        end = max(end, b)
-    return (f"**GPU time.** {len(files)} sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`) on "
-            f"{', '.join(sorted(devices))}: {total / 60:.1f} minutes of GPU wall time in all for {len(headers)} "
-            f"runs ({resumes} of them resumed after a sitting's deadline), up to {jobs} runs of a sitting at "
-            "once under CUDA MPS. "
+    # a sitting lists every run it was given, failed and finished ones too: count runs and resumes from the
+    # run folders, matched to sittings by the device their headers name
+    made = [(json.loads((r["dir"] / "header.json").read_text()), r) for r in runs
+            if (r["dir"] / "header.json").exists()]
+    parts = []
+    for device, device_spans in sorted(spans.items()):
+        mine = [(h, r) for h, r in made if h.get("device") == device]
+        resumes = sum(len(h.get("resumed", [])) for h, _ in mine)
+        tasks = ", ".join(sorted({r["summary"].get("task", "?") for _, r in mine}))
+        n = len(device_spans)
+        parts.append(f"on {device}, {n} sitting{'s' if n != 1 else ''}, {union_seconds(device_spans) / 60:.1f} minutes "
+                     f"of GPU wall time, which made {len(mine)} of the runs below ({resumes} of them resumed after "
+                     f"a sitting's deadline{'; ' + tasks if tasks else ''})")
+    return (f"**GPU time.** Sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`, up to {jobs} runs at "
+            "once under CUDA MPS): " + "; ".join(parts) + ". "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
-            "crowded GPU, not of a run alone: `results/bench/` has each task alone (`probe_h100.txt`; mod-97 "
-            "at the current code: the run folders in `solo_h100_modular/`).\n")
+            "crowded GPU, not of a run alone: `results/bench/` has each task alone on an H100 (`probe_h100.txt`; "
+            "mod-97: the run folders in `solo_h100_modular/`).\n")
 
 
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],

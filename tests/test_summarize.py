@@ -74,19 +74,23 @@ def test_missing_results_folder_is_an_error(tmp_path, capsys):
     assert info.value.code == 2 and "no results folder" in capsys.readouterr().err
 
 
-def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once(results, tmp_path):
+def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once_per_device(results, tmp_path):
+    device = json.loads(next(results.glob("*/*/header.json")).read_text())["device"]
     sittings = results / "sittings"
     sittings.mkdir(exist_ok=True)
-    for name, wall in (("20261124T100000Z_a_s0.json", 100), ("20261124T100050Z_b_s0.json", 100)):
-        (sittings / name).write_text(json.dumps({"runs": ["x"], "jobs": 2, "wall_s": wall, "device": "GPU"}))
+    for name, wall, gpu in (("20261124T100000Z_a_s0.json", 100, device), ("20261124T100050Z_b_s0.json", 100, device),
+                            ("20261124T120000Z_c_s0.json", 60, "Other GPU")):
+        (sittings / name).write_text(json.dumps({"runs": ["x"], "jobs": 2, "wall_s": wall, "device": gpu}))
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{summarize.BEGIN}\nold\n{summarize.END}\nbottom\n")
     assert summarize.main(["--results", str(results), "--out", str(results / "tables.md"),
                            "--tables", "modular_ema", "--readme", str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("bottom\n") and "\nold\n" not in text
-    assert "2.5 minutes of GPU wall time" in text  # 10:00:00-10:01:40 and 10:00:50-10:02:30 overlap
     n_runs = len(list(results.glob("*/*/header.json")))
-    assert n_runs > 0 and f"for {n_runs} runs (0 of them resumed" in text
+    # 10:00:00-10:01:40 and 10:00:50-10:02:30 overlap: 2.5 minutes; the runs are matched by their headers' device
+    assert n_runs > 0 and (f"on {device}, 2 sittings, 2.5 minutes of GPU wall time, which made {n_runs} of the "
+                           "runs below (0 of them resumed after a sitting's deadline; modular)") in text
+    assert "on Other GPU, 1 sitting, 1.0 minutes of GPU wall time, which made 0 of the runs below" in text
     link = summarize.relpath(results / "figures" / "modular_ema.png", tmp_path)
     assert f"]({link})" in text and (tmp_path / link).exists()  # links re-based to the README's folder
