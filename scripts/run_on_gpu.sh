@@ -30,6 +30,12 @@ while [ $# -gt 0 ]; do
     *) echo "unknown option: $1" >&2; exit 2 ;;
   esac
 done
+# QM9 builds its graphs with RDKit: without it its runs stop at start, which a 15-minute sitting finds
+# out too late (an H200 machine lacked it; carry its wheel there)
+if [[ " $TABLES " == *" qm9 "* ]] && ! "${PYTHON:-python3}" -c "import rdkit" 2>/dev/null; then
+  echo "run_on_gpu.sh: the qm9 table needs RDKit, which ${PYTHON:-python3} cannot import: pip install rdkit" >&2
+  exit 2
+fi
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
            | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
 mps=0; started_mps=0  # an MPS daemon already running (another sitting's) is used, and left to its owner
