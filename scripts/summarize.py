@@ -159,15 +159,15 @@ def sittings_markdown(results: Path, runs: list[dict]) -> str:
         mine = [(h, r) for h, r in made if h.get("device") == device]
         resumes = sum(len(h.get("resumed", [])) for h, _ in mine)
         tasks = ", ".join(sorted({r["summary"].get("task", "?") for _, r in mine}))
-        n = len(device_spans)
-        parts.append(f"on {device}, {n} sitting{'s' if n != 1 else ''}, {union_seconds(device_spans) / 60:.1f} minutes "
-                     f"of GPU wall time, which made {len(mine)} of the runs below ({resumes} of them resumed after "
-                     f"a sitting's deadline{'; ' + tasks if tasks else ''})")
+        n, minutes = len(device_spans), union_seconds(device_spans) / 60
+        parts.append(f"on {device}, {n} sitting{'s' if n != 1 else ''}, {minutes:.1f} minutes of GPU wall time, "
+                     f"which made {len(mine)} of the runs below ({resumes} of them resumed after a sitting's "
+                     f"deadline{'; ' + tasks if tasks else ''})")
     return (f"**GPU time.** Sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`, up to {jobs} runs at "
             "once under CUDA MPS): " + "; ".join(parts) + ". "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
-            "crowded GPU, not of a run alone: `results/bench/` has each task alone on an H100 (`probe_h100.txt`; "
-            "mod-97: the run folders in `solo_h100_modular/`).\n")
+            "crowded GPU, not of a run alone: `results/bench/` has each task alone on an H100 "
+            "(`probe_h100.txt`; mod-97: the run folders in `solo_h100_modular/`).\n")
 
 
 def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],

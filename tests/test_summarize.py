@@ -78,7 +78,8 @@ def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once_per_devi
     device = json.loads(next(results.glob("*/*/header.json")).read_text())["device"]
     sittings = results / "sittings"
     sittings.mkdir(exist_ok=True)
-    for name, wall, gpu in (("20261124T100000Z_a_s0.json", 100, device), ("20261124T100050Z_b_s0.json", 100, device),
+    for name, wall, gpu in (("20261124T100000Z_a_s0.json", 100, device),
+                            ("20261124T100050Z_b_s0.json", 100, device),
                             ("20261124T120000Z_c_s0.json", 60, "Other GPU")):
         (sittings / name).write_text(json.dumps({"runs": ["x"], "jobs": 2, "wall_s": wall, "device": gpu}))
     readme = tmp_path / "README.md"
