@@ -1,5 +1,9 @@
-"""Shared fixtures: the real data folder, and a throw-away cache folder for the whole session."""
+"""Shared fixtures: the real data folder, a throw-away cache folder for the whole session, and a run's
+peak GPU memory."""
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,3 +41,15 @@ def data_dir() -> Path:
     if shared.is_dir():
         return shared
     pytest.skip(f"no real data: set GROKFAST_DATA_DIR or provide {shared}")
+
+
+@pytest.fixture
+def peak_gpu_mb():
+    """Runs an entry point (`main.py`, ...) to the end in a fresh process and returns its summary's peak
+    GPU memory in MB: a fresh process, so that no earlier test's allocations count."""
+    def run(script: str, out: Path, *args: str) -> float:
+        result = subprocess.run([sys.executable, script, *args, "--out_dir", str(out)],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return json.loads((out / "summary.json").read_text())["peak_gpu_mem_mb"]
+    return run

@@ -260,17 +260,11 @@ def test_cuda_graphed_carried_run_gives_the_eager_runs_metrics(tmp_path, data_di
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_a_resumed_imdb_runs_peak_gpu_memory_equals_an_uninterrupted_ones(tmp_path, data_dir):
+def test_a_resumed_imdb_runs_peak_gpu_memory_equals_an_uninterrupted_ones(tmp_path, data_dir, peak_gpu_mb):
     """A run resumed off the grid captures its 100-row (carrying) training graph before the 50-row one,
     a fresh run the other way round; the peak must not depend on it."""
     gpu = ["--data_dir", str(data_dir), "--device", "cuda", "--progress", "false", "--eval_every", "20"]
-
-    def peak(out, *extra):
-        result = subprocess.run([sys.executable, "main_imdb.py", *gpu, "--out_dir", str(out), *extra],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return json.loads((out / "summary.json").read_text())["peak_gpu_mem_mb"]
-
-    fresh = peak(tmp_path / "fresh", "--max_steps", "60")
-    peak(tmp_path / "cut", "--max_steps", "25")
-    assert peak(tmp_path / "cut", "--max_steps", "60", "--resume") == pytest.approx(fresh, abs=1.0)
+    fresh = peak_gpu_mb("main_imdb.py", tmp_path / "fresh", *gpu, "--max_steps", "60")
+    peak_gpu_mb("main_imdb.py", tmp_path / "cut", *gpu, "--max_steps", "25")
+    resumed = peak_gpu_mb("main_imdb.py", tmp_path / "cut", *gpu, "--max_steps", "60", "--resume")
+    assert resumed == pytest.approx(fresh, abs=1.0)

@@ -100,16 +100,10 @@ def test_peak_gpu_memory_covers_every_segment(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_a_resumed_runs_peak_gpu_memory_equals_an_uninterrupted_ones(tmp_path):
+def test_a_resumed_runs_peak_gpu_memory_equals_an_uninterrupted_ones(tmp_path, peak_gpu_mb):
     """The peak depends on the order of graph captures; a resume must not change it (it did: +160 MB)."""
     gpu = ["--config", "configs/modular/baseline.yaml", "--device", "cuda", "--progress", "false"]
-
-    def peak(out, *extra):
-        result = subprocess.run([sys.executable, "main.py", *gpu, "--out_dir", str(out), *extra],
-                                cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
-        return json.loads((out / "summary.json").read_text())["peak_gpu_mem_mb"]
-
-    fresh = peak(tmp_path / "fresh", "--max_steps", "60")
-    peak(tmp_path / "cut", "--max_steps", "25")  # resumes mid-epoch, between two evaluations
-    assert peak(tmp_path / "cut", "--max_steps", "60", "--resume") == pytest.approx(fresh, abs=1.0)
+    fresh = peak_gpu_mb("main.py", tmp_path / "fresh", *gpu, "--max_steps", "60")
+    peak_gpu_mb("main.py", tmp_path / "cut", *gpu, "--max_steps", "25")  # resumes mid-epoch, between evaluations
+    resumed = peak_gpu_mb("main.py", tmp_path / "cut", *gpu, "--max_steps", "60", "--resume")
+    assert resumed == pytest.approx(fresh, abs=1.0)
