@@ -31,9 +31,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 # QM9 builds its graphs with RDKit: without it its runs stop at start, which a 15-minute sitting finds
-# out too late (an H200 machine lacked it; carry its wheel there)
-if [[ " $TABLES " == *" qm9 "* ]] && ! "${PYTHON:-python3}" -c "import rdkit" 2>/dev/null; then
-  echo "run_on_gpu.sh: the qm9 table needs RDKit, which ${PYTHON:-python3} cannot import: pip install rdkit" >&2
+# out too late (an H200 machine lacked it; carry its wheel there). Its package metadata too: run headers
+# read RDKit's version from it (a trimmed copy without it once left QM9 headers without the version).
+if [[ " $TABLES " == *" qm9 "* ]] &&
+   ! "${PYTHON:-python3}" -c "import rdkit, importlib.metadata as m; m.version('rdkit')" 2>/dev/null; then
+  echo "run_on_gpu.sh: the qm9 table needs RDKit with its package metadata (dist-info), which" \
+       "${PYTHON:-python3} cannot find: pip install rdkit" >&2
   exit 2
 fi
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \

@@ -1,15 +1,33 @@
 """scripts/run_on_gpu.sh checks what a sitting needs before it starts one."""
 import os
 import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_a_sitting_with_qm9_stops_before_it_starts_when_rdkit_does_not_import(tmp_path):
+def _python_with_rdkit_but_no_metadata(folder: Path) -> Path:
+    """An interpreter that imports a module `rdkit` but finds no RDKit package metadata: no site-packages
+    (-S), the module from PYTHONPATH, as with a copy of the wheel's files without its dist-info."""
+    (folder / "site" / "rdkit").mkdir(parents=True)
+    (folder / "site" / "rdkit" / "__init__.py").write_text("")
+    wrapper = folder / "python"
+    wrapper.write_text(f'#!/bin/sh\nPYTHONPATH={folder / "site"} exec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+@pytest.mark.parametrize("python", ["false", "no_metadata"])
+def test_a_sitting_with_qm9_stops_before_it_starts_without_rdkit_and_its_metadata(tmp_path, python):
     # `false` stands for an interpreter that cannot import rdkit: it fails every command it is given
+    if python == "no_metadata":
+        python = str(_python_with_rdkit_but_no_metadata(tmp_path / "py"))
+    results = tmp_path / "results"
     result = subprocess.run(
-        ["bash", "scripts/run_on_gpu.sh", "--tables", "mnist qm9", "--results", str(tmp_path)],
-        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHON": "false"})
+        ["bash", "scripts/run_on_gpu.sh", "--tables", "mnist qm9", "--results", str(results)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHON": python})
     assert result.returncode == 2 and "qm9 table needs RDKit" in result.stderr
-    assert not any(tmp_path.iterdir())  # no run started, no sitting recorded
+    assert not results.exists()  # no run started, no sitting recorded
