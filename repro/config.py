@@ -159,6 +159,26 @@ def coerce(key: str, value: Any, kind: type) -> Any:
     raise bad()
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (safe_load silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: explicit keys may override it
+                continue
+            key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeLoader's own error reports it
+                continue
+            if first is not None:
+                where = f"line {line}" if first == line else f"lines {first} and {line}"
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice ({where})")
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -169,7 +189,7 @@ def read_yaml(path: str | Path) -> dict:
         reason = (str(exc).splitlines() or [""])[0]
         raise UserError(f"config file {path} cannot be read: {type(exc).__name__}: {reason}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. a date like 2001-02-30
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"config file {path} is not valid YAML: {first_line}") from None

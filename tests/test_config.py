@@ -1,7 +1,7 @@
 """Config: defaults <- YAML <- flags; unknown keys and wrong types fail, naming the key."""
 import pytest
 
-from repro.config import coerce, load_config, run_name
+from repro.config import coerce, load_config, read_yaml, run_name
 from repro.errors import UserError
 from repro.tasks.modular import ModularConfig
 
@@ -78,3 +78,20 @@ def test_run_names_keep_small_lambdas_apart():
     b = load_config(ModularConfig, ["--filter", "ema", "--lamb", "0.5"])
     assert run_name(a, "mul97") != run_name(b, "mul97")
     assert "l0.1" in run_name(a, "mul97")
+
+
+@pytest.mark.parametrize("text, words", [
+    ("lr: 1e-3\nlr: 2e-3\n", "key 'lr' appears twice (lines 1 and 2)"),
+    ("filter: ema\nalpha: 0.9\nfilter: ma\n", "key 'filter' appears twice (lines 1 and 3)"),
+    ("{seed: 1, seed: 2}\n", "key 'seed' appears twice (line 1)"),
+])
+def test_yaml_duplicate_keys_are_refused_naming_the_key(tmp_path, text, words):
+    with pytest.raises(UserError) as info:
+        load_config(ModularConfig, ["--config", write(tmp_path, text)])
+    assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    """`<<: *base` then an explicit key is YAML's override, not a duplicate."""
+    path = write(tmp_path, "base: &b {lr: 0.1}\nx:\n  <<: *b\n  lr: 0.2\n")
+    assert read_yaml(path) == {"base": {"lr": 0.1}, "x": {"lr": 0.2}}
