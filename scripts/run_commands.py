@@ -15,6 +15,10 @@ in a fork of this process, which imports what the script needs once, before its 
 on a faster CPU), matplotlib and, for QM9, torch_geometric (~10 s). A forked run uses this runner's
 interpreter, whichever python its line names. Other commands run through the shell. A run gets SIGTERM
 if the runner dies first.
+
+One line per finished command: `[ok, 12 s] CMD`, `[exit 2, 1 s] CMD`, or `[skipped, 0 s] CMD: why` for a
+run that found its folder already finished (--skip_finished); then a count. Exit status 1 when a command
+failed (not counting runs the runner itself interrupted: the deadline, Ctrl-C), else 0.
 """
 import argparse
 import ctypes
@@ -50,10 +54,11 @@ class Job:
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=4)
-    parser.add_argument("--deadline", type=int, default=0, help="seconds; 0: none")
-    parser.add_argument("--logdir", default="logs")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--jobs", type=int, default=4, help="commands running at once (default 4)")
+    parser.add_argument("--deadline", type=int, default=0,
+                        help="seconds from now until running commands are interrupted; 0: none (default)")
+    parser.add_argument("--logdir", default="logs", help="folder of the commands' logs, <n>.log (default logs)")
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
@@ -192,6 +197,18 @@ def exit_code(job: Job):
     return None if pid == 0 else os.waitstatus_to_exitcode(status)
 
 
+SKIP_PREFIX = "skipped: "  # what an entry point prints when --skip_finished finds a finished run (repro/cli.py)
+
+
+def skip_reason(log: Path) -> str | None:
+    """Why a run that exited 0 did nothing (from its log), or None when it ran."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    return next((line[len(SKIP_PREFIX):] for line in lines if line.startswith(SKIP_PREFIX)), None)
+
+
 def signal_all(running, sig) -> None:
     for job in running:
         try:
@@ -200,7 +217,9 @@ def signal_all(running, sig) -> None:
             pass
 
 
-def run(jobs: deque, slots: int, logdir: Path, end: float | None) -> None:
+def run(jobs: deque, slots: int, logdir: Path, end: float | None) -> dict:
+    """Runs the jobs; returns how many ended ok, skipped, failed and interrupted (by this runner)."""
+    counts = {"ok": 0, "skipped": 0, "failed": 0, "interrupted": 0}
     received = []  # the runner's own SIGINT/SIGTERM: forwarded to the runs as SIGINT, then wait for them
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: received.append(signum))
@@ -234,8 +253,21 @@ def run(jobs: deque, slots: int, logdir: Path, end: float | None) -> None:
             if code is not None:
                 running.remove(job)
                 status = "ok" if code == 0 else f"exit {code}" if code > 0 else f"signal {-code}"
-                print(f"[{status}, {round(time.monotonic() - job.start)} s] {job.cmd}", flush=True)
+                why = skip_reason(logdir / f"{job.n}.log") if code == 0 else None
+                seconds = round(time.monotonic() - job.start)
+                if why is not None:
+                    counts["skipped"] += 1
+                    print(f"[skipped, {seconds} s] {job.cmd}: {why}", flush=True)
+                    continue
+                if code == 0:
+                    counts["ok"] += 1
+                elif interrupted or forwarded:
+                    counts["interrupted"] += 1
+                else:
+                    counts["failed"] += 1
+                print(f"[{status}, {seconds} s] {job.cmd}", flush=True)
         time.sleep(0.1)
+    return counts
 
 
 def main(argv=None) -> int:
@@ -245,8 +277,10 @@ def main(argv=None) -> int:
     logdir.mkdir(parents=True, exist_ok=True)
     lines = [line.rstrip("\n") for line in sys.stdin]
     jobs = deque(Job(n, cmd, forkable(cmd)) for n, cmd in enumerate((c for c in lines if c.strip()), 1))
-    run(jobs, args.jobs, logdir, begin + args.deadline if args.deadline > 0 else None)
-    return 0
+    counts = run(jobs, args.jobs, logdir, begin + args.deadline if args.deadline > 0 else None)
+    print(", ".join(f"{n} {what}" for what, n in counts.items() if n or what in ("ok", "failed"))
+          + (f" (logs in {logdir}/)" if counts["failed"] else ""), flush=True)
+    return 1 if counts["failed"] else 0
 
 
 if __name__ == "__main__":

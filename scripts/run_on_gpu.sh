@@ -2,8 +2,12 @@
 # One GPU sitting of the reproduction: the runs of the named tables, all at once, under CUDA MPS when
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
-#   scripts/run_on_gpu.sh --tables "imdb qm9" [--seeds "0 1 2"] [--jobs 18] [--deadline 560] [--results results]
+#   scripts/run_on_gpu.sh [--tables "imdb qm9"] [--seeds "0 1 2"] [--jobs 16] [--deadline 560] [--results runs]
 #                         [--first REGEX] [--sm_limit REGEX=PERCENT]
+# --tables: of modular_ema modular_ma mnist imdb qm9 (default all five); --seeds, --results: as for
+#   scripts/reproduce_<table>.sh (default results folder runs/, git-ignored; --results results writes
+#   the committed one); --jobs: runs at once (default 16); --deadline: seconds until running runs are
+#   interrupted with a checkpoint (a re-run resumes them; default 0, none).
 # Under MPS, two settings measured on an H100 with all 42 table runs at once (results/bench/sitting_probes/):
 # --first: runs whose command matches keep normal MPS priority, all others run below it, so the
 #   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each) are not the last ones
@@ -15,21 +19,32 @@
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
+needs_value() {  # option, number of arguments left
+  if [ "$2" -lt 2 ]; then echo "run_on_gpu.sh: $1 needs a value (see --help)" >&2; exit 2; fi
+}
 # tables with the longest runs first: their runs start first
-TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="results"
+TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
 FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'
 while [ $# -gt 0 ]; do
   case "$1" in
-    --tables) TABLES="$2"; shift 2 ;;
-    --seeds) SEEDS="$2"; shift 2 ;;
-    --jobs) JOBS="$2"; shift 2 ;;
-    --deadline) DEADLINE="$2"; shift 2 ;;
-    --results) RESULTS="$2"; shift 2 ;;
-    --first) FIRST="$2"; shift 2 ;;
-    --sm_limit) SM_LIMIT="$2"; shift 2 ;;
-    *) echo "unknown option: $1" >&2; exit 2 ;;
+    -h|--help) usage; exit 0 ;;
+    --tables) needs_value "$1" $#; TABLES="$2"; shift 2 ;;
+    --seeds) needs_value "$1" $#; SEEDS="$2"; shift 2 ;;
+    --jobs) needs_value "$1" $#; JOBS="$2"; shift 2 ;;
+    --deadline) needs_value "$1" $#; DEADLINE="$2"; shift 2 ;;
+    --results|--results_dir) needs_value "$1" $#; RESULTS="$2"; shift 2 ;;
+    --first) needs_value "$1" $#; FIRST="$2"; shift 2 ;;
+    --sm_limit) needs_value "$1" $#; SM_LIMIT="$2"; shift 2 ;;
+    *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+for t in $TABLES; do
+  if [ ! -f "scripts/reproduce_$t.sh" ]; then
+    echo "run_on_gpu.sh: no table '$t' (tables: modular_ema modular_ma mnist imdb qm9)" >&2; exit 2
+  fi
+done
+if ! [[ $DEADLINE =~ ^[0-9]+$ ]]; then echo "run_on_gpu.sh: --deadline must be whole seconds, got '$DEADLINE'" >&2; exit 2; fi
 # QM9 builds its graphs with RDKit: without it its runs stop at start, which a 15-minute sitting finds
 # out too late (an H200 machine lacked it; carry its wheel there). Its package metadata too: run headers
 # read RDKit's version from it (a trimmed copy without it once left QM9 headers without the version).
@@ -58,7 +73,9 @@ if [ -n "$FIRST" ]; then  # the first runs also start first, before the others l
   launch=$( { grep -E -- "$FIRST" <<<"$launch" || true; grep -vE -- "$FIRST" <<<"$launch" || true; } )
 fi
 start=$(date +%s)
-printf '%s\n' "$launch" | "${PYTHON:-python3}" scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" --logdir "$RESULTS/logs"
+status=0  # a failed run still leaves a sitting record; the script then exits 1
+printf '%s\n' "$launch" | "${PYTHON:-python3}" scripts/run_commands.py --jobs "$JOBS" --deadline "$DEADLINE" \
+    --logdir "$RESULTS/logs" || status=$?
 end=$(date +%s)
 if [ "$started_mps" = 1 ]; then
   # other sittings' runs: forked by their runners, they carry the runner's command line (this sitting's
@@ -71,7 +88,7 @@ if [ "$started_mps" = 1 ]; then
 fi
 mkdir -p "$RESULTS/sittings"
 name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(echo "$SEEDS" | tr -d ' ')"
-python3 - "$RESULTS/sittings/$name.json" "$start" "$end" "$TABLES" "$SEEDS" \
+"${PYTHON:-python3}" - "$RESULTS/sittings/$name.json" "$start" "$end" "$TABLES" "$SEEDS" \
     "$JOBS" "$DEADLINE" "$mps" "$launch" <<'PY'
 import json, sys, torch
 path, start, end, tables, seeds, jobs, deadline, mps, commands = sys.argv[1:]
@@ -81,3 +98,4 @@ json.dump({"tables": tables.split(), "seeds": seeds.split(), "jobs": int(jobs), 
           open(path, "w"), indent=2)
 print(f"sitting: {int(end) - int(start)} s wall for {len(commands.splitlines())} runs -> {path}")
 PY
+exit "$status"

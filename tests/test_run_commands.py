@@ -38,8 +38,9 @@ def mixed(tmp_path_factory):
 
 def test_runs_forked_and_shell_commands(mixed):
     tmp, commands, result = mixed
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # one command failed
     lines = result.stdout.splitlines()
+    assert lines[-1] == f"3 ok, 1 failed (logs in {tmp / 'logs'}/)"
     for cmd in commands[:3]:
         assert any(line.startswith("[ok, ") and line.endswith(cmd) for line in lines), (cmd, lines)
     assert any(line.startswith("[exit 2, ") and line.endswith(commands[3]) for line in lines), lines
@@ -49,6 +50,16 @@ def test_runs_forked_and_shell_commands(mixed):
     assert "steps=20" in (tmp / "logs" / "1.log").read_text()
     assert "filter" in (tmp / "logs" / "4.log").read_text()
     assert not (tmp / "bad").exists()
+
+
+def test_a_skipped_run_says_so_and_all_ok_exits_0(tmp_path):
+    once = f"{PY} main.py {SMALL} --max_steps 20 --skip_finished true --out_dir {tmp_path / 'run'}"
+    result = run_commands([once, once], "--jobs", "1", "--logdir", str(tmp_path / "logs"))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("[ok, ") and lines[0].endswith(once)
+    assert lines[1].startswith("[skipped, ") and f"{once}: {tmp_path / 'run'}" in lines[1], lines
+    assert "finished" in lines[1] and lines[-1] == "1 ok, 1 skipped, 0 failed"
 
 
 def test_env_prefix_reaches_only_its_forked_run(mixed):

@@ -31,3 +31,14 @@ def test_a_sitting_with_qm9_stops_before_it_starts_without_rdkit_and_its_metadat
         cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHON": python})
     assert result.returncode == 2 and "qm9 table needs RDKit" in result.stderr
     assert not results.exists()  # no run started, no sitting recorded
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the runs would train on this GPU")
+def test_failed_runs_still_leave_the_sitting_record_and_exit_1(tmp_path):
+    # without a GPU every run stops at start (device cuda): a sitting that lost its runs must say so
+    results = tmp_path / "results"
+    result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", "mnist", "--seeds", "0", "--results",
+                             str(results)], cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 ok, 3 failed" in result.stdout and len(list((results / "sittings").glob("*.json"))) == 1
