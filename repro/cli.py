@@ -3,12 +3,14 @@ import sys
 
 from repro.config import load_config
 from repro.errors import RunAlreadyFinished, UserError
+from repro.memory import check_fits
 
 
 def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         cfg = load_config(config_cls, argv, description)
+        check_fits(cfg, task_cls)  # before anything is allocated or written
         from repro.engine import Trainer  # after parsing, so `--help` and flag errors are instant
         trainer = Trainer(cfg, task_cls, argv)
         summary = trainer.run()

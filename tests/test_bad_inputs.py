@@ -45,6 +45,9 @@ CASES = [
     ("main.py", ["--p", "2"], "p must be >= 3"),
     ("main.py", ["--operation", "pow"], "operation must be one of"),
     ("main.py", ["--dim", "30", "--num_heads", "4"], "dim must be a positive multiple of num_heads"),
+    # empty splits
+    ("main.py", ["--train_fraction", "0.0001"], "of the 9312 equations (p=97) leaves 0 for training"),
+    ("main.py", ["--p", "3", "--train_fraction", "0.1"], "of the 6 equations (p=3) leaves 0 for training"),
     # flags
     ("main.py", ["--unknown_flag", "1"], "unrecognized arguments: --unknown_flag"),
     ("main.py", ["--lr"], "argument --lr: expected one argument"),
@@ -79,6 +82,8 @@ CASES = [
     ("main_qm9.py", ["--size", "1"], "size must be >= 2"),
     ("main_qm9.py", ["--target", "19"], "target must be in [0, 19)"),
     ("main_qm9.py", ["--features", "raw"], "features must be one of"),
+    ("main_qm9.py", ["--size", "100000000"], "size 100000000 exceeds the 130831 molecules of QM9"),
+    ("main_imdb.py", ["--num_reviews", "40", "--batch_size", "11"], "batch_size 11 exceeds the 10 validation reviews"),
     # data
     ("main_mnist.py", ["--data_dir", "{file}"], "is not a directory"),
     ("main_mnist.py", ["--data_dir", "{tmp}/nowhere"], "MNIST not found"),
@@ -176,6 +181,7 @@ def test_the_table_is_large_enough():
 
 @pytest.mark.parametrize("script, flags, words", [
     ("main.py", ["--lr", "-1"], "lr must be a positive"),
+    ("main.py", ["--train_fraction", "0.0001"], "leaves 0 for training"),
     ("main.py", ["--device", "cuda"], "CUDA is not available"),
     ("main_mnist.py", ["--data_dir", "{file}"], "is not a directory"),
     ("main_imdb.py", ["--data_dir", "{imdb_truncated}"], "cannot be read (EOFError"),

@@ -28,9 +28,11 @@ from repro.config import Config
 from repro.data.imdb import load_imdb
 from repro.data.paths import resolve_data_dir
 from repro.errors import UserError
+from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
 VAL_SEED_OFFSET = 1 << 48  # keeps the validation-batch generator's seeds apart from EpochBatches'
+IMDB_REVIEWS = 50_000  # the labelled reviews of the IMDb dataset
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,18 @@ class ImdbConfig(Config):
             raise UserError("invalid config: eval_every must be >= 1")
         if self.eval_chunk < 1:
             raise UserError("invalid config: eval_chunk must be >= 1")
+        n_val = -(-self.num_reviews // 4)  # the loader's validation quarter, ceil(0.25 * num_reviews)
+        if self.batch_size > n_val:
+            raise UserError(f"invalid config: batch_size {self.batch_size} exceeds the {n_val} validation reviews "
+                            f"(the per-step validation batch has batch_size rows)")
+
+
+def lstm_parameters(vocab_size: int, embedding_dim: int, hidden_dim: int, num_layers: int) -> int:
+    """SentimentLSTM(vocab_size, embedding_dim, hidden_dim, num_layers)'s parameter count, in closed form
+    (each LSTM layer: input and hidden weights of the 4 gates, and their two biases)."""
+    first = 4 * hidden_dim * (embedding_dim + hidden_dim) + 8 * hidden_dim
+    others = (num_layers - 1) * (8 * hidden_dim * hidden_dim + 8 * hidden_dim)
+    return vocab_size * embedding_dim + first + others + hidden_dim + 1
 
 
 class SentimentLSTM(nn.Module):
@@ -117,6 +131,27 @@ class ImdbTask(Task):
     graph_safe_loss = True  # no dropout, no host sync: embedding + cuDNN LSTM + linear + BCE
     graph_safe_eval = True  # the per-step batch replays a graph (its indices staged); the grid runs eagerly
     batch_dim = 0  # (batch, seq_len + 1) rows
+
+    @classmethod
+    def footprint(cls, cfg: ImdbConfig) -> Footprint:
+        """Closed-form sizes for repro.memory (float32 activations; rough). The vocabulary is at most
+        vocab_size words (+ padding); the CSV at most IMDB_REVIEWS rows (more fail in the loader)."""
+        reviews = min(cfg.num_reviews, IMDB_REVIEWS)
+        n_val = -(-reviews // 4)
+        n_train = reviews - n_val
+        seq, emb, hidden, layers = cfg.seq_len, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers
+        batch = -(-min(cfg.batch_size, n_train) // cfg.grad_accum_steps)
+        # training keeps, per row and time step, the embedding and each layer's gates and states for
+        # backward (and their gradients)
+        train = FLOAT * batch * seq * (2 * emb + 12 * hidden * layers)
+        # evaluation: up to eval_chunk rows at once, no gradients: the embedding, a layer's gates and
+        # outputs (about 1.2 GB measured for the defaults' 750 rows on the CPU)
+        rows = min(cfg.eval_chunk, max(n_train, n_val))
+        evaluate = FLOAT * rows * seq * (emb + 4 * hidden)
+        # the token matrices, twice (apart and as training / validation rows with their label)
+        data = 2 * reviews * (seq + 1) * LONG
+        params = lstm_parameters(cfg.vocab_size + 1, emb, hidden, layers)
+        return Footprint(params, data, train, evaluate)
 
     def __init__(self, cfg: ImdbConfig, device: torch.device):
         self.cfg, self.device = cfg, device

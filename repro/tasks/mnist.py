@@ -40,11 +40,13 @@ from repro.config import Config
 from repro.data.mnist import load_mnist
 from repro.data.paths import resolve_data_dir
 from repro.errors import UserError
+from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "gelu": nn.GELU}  # the reference's set
 LOSS_FUNCTIONS = ("MSE", "CrossEntropy")
 N_TRAIN_FULL = 60_000
+N_TEST = 10_000  # the test set, the validation split of every run
 NUM_CLASSES = 10
 
 
@@ -107,6 +109,11 @@ def make_mlp(depth: int = 3, width: int = 200, activation: str = "ReLU") -> nn.S
     return nn.Sequential(*layers)
 
 
+def mlp_parameters(depth: int, width: int) -> int:
+    """make_mlp(depth, width)'s parameter count, in closed form."""
+    return (784 * width + width) + (depth - 2) * (width * width + width) + (width * NUM_CLASSES + NUM_CLASSES)
+
+
 def reference_log_grid(step: int, budget: int) -> bool:
     """The reference's do_log for `step` updates done (log_freq = ceil(budget / 150))."""
     log_freq = -(-budget // 150)
@@ -118,6 +125,19 @@ class MnistTask(Task):
     # an MLP on fixed-shape index batches, no dropout, no host sync; evaluation is step-independent
     graph_safe_loss = graph_safe_eval = True
     batch_dim = 0  # a batch is a vector of image indices
+
+    @classmethod
+    def footprint(cls, cfg: MnistConfig) -> Footprint:
+        """Closed-form sizes for repro.memory (float32 activations; rough)."""
+        n_all, width = cfg.train_points + N_TEST, cfg.width
+        batch = -(-min(cfg.batch_size, cfg.train_points) // cfg.grad_accum_steps)
+        # a step keeps its gathered images and each hidden layer's output and activation, with gradients
+        train = FLOAT * batch * (784 + 4 * width * (cfg.depth - 1) + 3 * NUM_CLASSES)
+        # evaluation: one forward of both splits, a layer's input and output live at a time
+        evaluate = FLOAT * n_all * (3 * width + 4 * NUM_CLASSES)
+        # images of both splits twice (apart and concatenated), labels and one-hot targets
+        data = 2 * n_all * (784 * FLOAT + LONG + NUM_CLASSES * FLOAT)
+        return Footprint(mlp_parameters(cfg.depth, width), data, train, evaluate)
 
     def __init__(self, cfg: MnistConfig, device: torch.device):
         self.cfg, self.device = cfg, device

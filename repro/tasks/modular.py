@@ -14,6 +14,7 @@ splits an epoch's training metrics in two; a checkpoint carries the updates sinc
 """
 import contextlib
 from dataclasses import dataclass
+from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from repro.config import Config
 from repro.errors import UserError
+from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task
 
 OPERATIONS = ("mul", "add", "sub", "div")
@@ -50,10 +52,23 @@ class ModularConfig(Config):
             raise UserError(f"invalid config: operation must be one of {', '.join(OPERATIONS)}")
         if not 0.0 < self.train_fraction < 1.0:
             raise UserError("invalid config: train_fraction must be in (0, 1)")
+        n, n_train = split_sizes(self.p, self.train_fraction)
+        if not 0 < n_train < n:  # an empty split would train on nothing or validate on nothing
+            raise UserError(f"invalid config: train_fraction {self.train_fraction:g} of the {n} equations "
+                            f"(p={self.p}) leaves {n_train} for training and {n - n_train} for validation; "
+                            f"both need at least one")
         if self.dim < 1 or self.num_layers < 1 or self.num_heads < 1 or self.dim % self.num_heads:
             raise UserError("invalid config: dim must be a positive multiple of num_heads")
         if self.eval_every < 0:
             raise UserError("invalid config: eval_every must be >= 0")
+
+
+def split_sizes(p: int, train_fraction: float) -> tuple[int, int]:
+    """(equations, training equations) of the task: ModularTask's split, without building it."""
+    n = p * (p - 1)
+    if n >= 2**53:  # beyond float's integers (and its range, for a huge p): exact, as no run gets this far
+        return n, int(Fraction(train_fraction) * n)
+    return n, int(train_fraction * n)
 
 
 def modular_equations(p: int, operation: str) -> torch.Tensor:
@@ -95,6 +110,12 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def decoder_parameters(dim: int, num_layers: int, num_tokens: int, seq_len: int) -> int:
+    """Decoder(dim, num_layers, num_heads, num_tokens, seq_len)'s parameter count, in closed form."""
+    block = 2 * dim + (3 * dim * dim + 3 * dim) + (dim * dim + dim) + 2 * dim + (8 * dim * dim + 5 * dim)
+    return num_tokens * dim + seq_len * dim + num_layers * block + 2 * dim + dim * num_tokens
+
+
 class Decoder(nn.Module):
     """Decoder-only causal transformer; input and output are sequence-first (seq, batch)."""
 
@@ -131,12 +152,27 @@ class ModularTask(Task):
     graph_safe_loss = graph_safe_eval = True
     batch_dim = 1  # (5, batch): rows x, op, y, eq, answer
 
+    @classmethod
+    def footprint(cls, cfg: ModularConfig) -> Footprint:
+        """Closed-form sizes for repro.memory: every activation counted per position is float32."""
+        n, n_train = split_sizes(cfg.p, cfg.train_fraction)
+        n_val, vocab, dim, layers = n - n_train, cfg.p + 2, cfg.dim, cfg.num_layers
+        batch = -(-min(cfg.batch_size, n_train) // cfg.grad_accum_steps)
+        # a training step keeps ~18 dim-wide tensors per position and layer for backward (layer norms,
+        # q, k, v, attention, MLP 4*dim twice), the attention weights and the logits with their gradient
+        train = FLOAT * (5 * batch * (dim * (18 * layers + 4) + 5 * cfg.num_heads * layers) + 3 * batch * vocab)
+        # evaluation: the whole validation split in one forward, one layer's tensors live at a time
+        evaluate = FLOAT * (5 * n_val * (12 * dim + 5 * cfg.num_heads) + 2 * n_val * vocab)
+        # the equation table and its train / validation copies (the table is freed after the split)
+        data = 2 * 5 * n * LONG
+        return Footprint(decoder_parameters(dim, layers, vocab, 5), data, train, evaluate)
+
     def __init__(self, cfg: ModularConfig, device: torch.device):
         self.cfg = cfg
         split_generator = torch.Generator().manual_seed(cfg.seed)
         data = modular_equations(cfg.p, cfg.operation)
         order = torch.randperm(data.shape[1], generator=split_generator)
-        n_train = int(cfg.train_fraction * data.shape[1])
+        n_train = split_sizes(cfg.p, cfg.train_fraction)[1]
         self.train_data = data[:, order[:n_train]].to(device)
         self.val_data = data[:, order[n_train:]].to(device)
 

@@ -58,9 +58,14 @@ from torch import nn
 
 from repro.config import Config
 from repro.errors import UserError
+from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
 NUM_NODE_FEATURES, NUM_EDGE_FEATURES, NUM_TARGETS = 11, 4, 19
+QM9_MOLECULES = 130_831  # characterized molecules, in the qm9pack table and in PyG's QM9 alike
+# per molecule, for memory estimates: QM9 has 18 atoms on average (29 at most) and about as many bonds,
+# each an edge in both directions
+NODES_PER_MOLECULE, EDGES_PER_MOLECULE = 20, 40
 FEATURE_MODES = ("pyg", "sanitized")  # repro.data.qm9.FEATURE_MODES (not imported: that pulls in pandas)
 
 
@@ -111,6 +116,8 @@ class Qm9Config(Config):
     def validate(self) -> None:
         if self.size < 2:
             raise UserError("invalid config: size must be >= 2 (half train, half validation)")
+        if self.size > QM9_MOLECULES:
+            raise UserError(f"invalid config: size {self.size} exceeds the {QM9_MOLECULES} molecules of QM9")
         super().validate()
         if not 0 <= self.target < NUM_TARGETS:
             raise UserError(f"invalid config: target must be in [0, {NUM_TARGETS})")
@@ -228,6 +235,15 @@ def nnconv_by_edge_type(conv, x: torch.Tensor, edge_index: torch.Tensor, edge_ty
     return out + conv.lin(x) + conv.bias
 
 
+def qm9net_parameters(num_node_features: int = NUM_NODE_FEATURES, num_edge_features: int = NUM_EDGE_FEATURES) -> int:
+    """Qm9Net's parameter count, in closed form: two NNConvs (edge MLP e -> 32 -> in * out, root weight,
+    bias) and the two Linears of the head."""
+    def nnconv(n_in: int, n_out: int) -> int:
+        return (num_edge_features * 32 + 32) + (32 * n_in * n_out + n_in * n_out) + n_in * n_out + n_out
+
+    return nnconv(num_node_features, 32) + nnconv(32, 16) + (16 * 32 + 32) + (32 + 1)
+
+
 class Qm9Net(nn.Module):
     """The reference's ExampleNet. Built in its order, so the same RNG state gives the same weights."""
 
@@ -266,6 +282,22 @@ class Qm9Task(Task):
     # evaluation is one fixed batch of all molecules; no host sync in the gather, NNConv or add pooling
     graph_safe_loss = graph_safe_eval = True
     batch_dim = 0  # a batch is a vector of molecule ids (any cut of it is padded to its own fixed sizes)
+
+    @classmethod
+    def footprint(cls, cfg: Qm9Config) -> Footprint:
+        """Closed-form sizes for repro.memory (float32 activations; rough)."""
+        def forward(molecules: int) -> int:
+            nodes, edges = NODES_PER_MOLECULE * molecules, EDGES_PER_MOLECULE * molecules
+            if cfg.fast_conv:  # every node through each of (at most 4) bond types' matrices, then messages
+                return FLOAT * (nodes * (4 * 48 + 100) + edges * 100)
+            # PyG's NNConv: the edge MLP's in * out matrix for every edge
+            return FLOAT * (nodes * 100 + edges * (100 + NUM_NODE_FEATURES * 32 + 32 * 16))
+
+        batch = -(-min(cfg.batch_size, cfg.size // 2) // cfg.grad_accum_steps)
+        # the graph store and the evaluation batch of all molecules: features, edges, graph slots
+        data = cfg.size * (NODES_PER_MOLECULE * 2 * (NUM_NODE_FEATURES * FLOAT + LONG)
+                           + EDGES_PER_MOLECULE * (4 * LONG + NUM_EDGE_FEATURES * FLOAT))
+        return Footprint(qm9net_parameters(), data, 2 * forward(batch), forward(cfg.size))
 
     def __init__(self, cfg: Qm9Config, device: torch.device):
         from repro.data.paths import resolve_data_dir
