@@ -71,6 +71,56 @@ class Config:
 
     # reference flag spellings -> our field names; tasks extend this
     ALIASES: ClassVar[dict] = {}
+    # allowed values of string options; a value matching one in another case is taken as that one
+    # (`--optimizer adam` is Adam). Tasks add theirs.
+    CHOICES: ClassVar[dict] = {"optimizer": OPTIMIZERS, "amp": AMP_MODES, "filter": FILTERS,
+                               "filter_type": FILTER_TYPES, "on_nonfinite": NONFINITE_POLICIES}
+    # --help: one line per option (what it is, its values and unit); the choices and the default are
+    # appended. A task's HELP adds to (or replaces entries of) this one.
+    HELP: ClassVar[dict] = {
+        "label": "a name for the run, appended to its folder name (the reproduce scripts use the table row)",
+        "seed": "random seed of the data split, initial weights and batch order; integer in [0, 2^32)",
+        "budget": "optimisation steps of the whole run; schedules that follow the run's length (MNIST's log "
+                  "evaluation grid) use it. --max_steps stops a run earlier without changing them",
+        "batch_size": "examples per optimisation step (>= 1)",
+        "lr": "learning rate (> 0)",
+        "beta1": "Adam/AdamW beta1, in [0, 1)",
+        "beta2": "Adam/AdamW beta2, in [0, 1)",
+        "weight_decay": "weight decay (>= 0); Adam and SGD add it to the gradient (L2), AdamW decouples it",
+        "optimizer": "Adam couples weight decay into the gradient (L2), AdamW decouples it; SGD uses --momentum",
+        "momentum": "SGD momentum (>= 0); other optimizers ignore it",
+        "warmup_steps": "steps of linear learning-rate warm-up, factor min(step / warmup_steps, 1); 0 = none",
+        "clip_grad_norm": "clip the gradients' total L2 norm to this, before the filter; 0 = off",
+        "grad_accum_steps": "micro-batches per step (1 .. batch_size): the batch is split, gradients summed, "
+                            "filtered once",
+        "amp": "autocast the forward: none (float32), fp16 (with a gradient scaler) or bf16",
+        "filter": "the Grokfast filter: none, ema (--alpha, --lamb) or ma (--window_size, --lamb, --filter_type)",
+        "alpha": "EMA decay, in [0, 1): h = alpha*h + (1-alpha)*g, then g += lamb*h",
+        "window_size": "MA window, in steps (>= 1)",
+        "lamb": "the filter's gain lambda: g += lamb * (EMA or MA of past gradients)",
+        "filter_type": "MA: add the mean or the sum of the window",
+        "two_stage": "MA only: no filter for the first 500 steps (the reference's ablation)",
+        "device": "auto (cuda when available, else cpu), cpu, cuda or cuda:N",
+        "data_dir": "folder of the datasets; empty: $GROKFAST_DATA_DIR, else data/",
+        "results_dir": "runs are written to <results_dir>/<task>/<run name>/",
+        "out_dir": "the run folder itself (instead of one under --results_dir); empty: the default",
+        "max_steps": "stop after this many steps, keeping --budget and its schedules (a smoke run, or one "
+                     "segment of a long run that --resume continues); 0 = run the whole budget",
+        "early_stop_acc": "stop early once validation accuracy >= this (a fraction in [0, 1]) has held for "
+                          "--early_stop_patience evaluations",
+        "early_stop_patience": "evaluations, not steps, that validation accuracy must hold >= --early_stop_acc "
+                               "before the run stops (mod-97 evaluates every 10 steps: 100 = 1,000 steps); "
+                               "0 = never stop early",
+        "log_every_evals": "evaluations kept on the device between writes to metrics.jsonl (>= 1)",
+        "checkpoint_every": "steps between checkpoints (checkpoint.pt in the run folder); 0 = at the end only",
+        "resume": "continue from the run folder's checkpoint",
+        "skip_finished": "a run folder already holding a finished run: say 'skipped' and exit 0; one with a "
+                         "checkpoint: resume it",
+        "on_nonfinite": "a non-finite loss: stop the run (with a checkpoint) or skip that step",
+        "progress": "a progress bar; false: plain lines, for log files",
+        "cuda_graphs": "on CUDA, replay forward + backward (and evaluation) as CUDA graphs",
+        "compile": "torch.compile the task's loss (pays off in long runs)",
+    }
 
     def validate(self) -> None:
         """Raise UserError for values no run can use (like torch.optim's __init__ checks)."""
@@ -207,8 +257,25 @@ def merge(cls, overrides: Mapping[str, Any], source: str = "config") -> dict:
         name = aliases.get(key, key)
         if name not in known:
             raise UserError(f"unknown {source} key {key!r} for task {cls.task or cls.__name__}")
-        typed[name] = coerce(key, value, _field_type(known[name]))
+        typed[name] = canonical_choice(cls, name, coerce(key, value, _field_type(known[name])))
     return typed
+
+
+def canonical_choice(cls, name: str, value: Any) -> Any:
+    """`value` as spelled in the field's choices when it matches one in another case ('adam' -> 'Adam');
+    anything else unchanged (validate() rejects what no choice matches)."""
+    choices = _class_mapping(cls, "CHOICES").get(name)
+    if not choices or not isinstance(value, str):
+        return value
+    return {c.lower(): c for c in choices}.get(value.lower(), value)
+
+
+def _class_mapping(cls, attr: str) -> dict:
+    """A ClassVar mapping merged along the class hierarchy, subclasses' entries winning."""
+    merged = {}
+    for klass in reversed(cls.__mro__):
+        merged.update(vars(klass).get(attr, {}))
+    return merged
 
 
 class _Parser(argparse.ArgumentParser):
@@ -217,8 +284,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False)
-    parser.add_argument("--config", help="YAML file of overrides (flags override it)")
+    # RawDescription: the entry points' docstrings hold example commands, one per line
+    parser = _Parser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", metavar="YAML",
+                        help="a file of option: value lines, e.g. one from configs/<task>/; flags override it")
+    helps, choices = _class_mapping(cls, "HELP"), _class_mapping(cls, "CHOICES")
     aliases = {}
     for alias, name in cls.ALIASES.items():
         aliases.setdefault(name, []).append(alias)
@@ -228,11 +299,18 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
         names = [f"--{f.name}"] + [f"--{a}" for a in aliases.get(f.name, [])]
         kind = _field_type(f)
         default = f.default
+        text = helps.get(f.name, "")
+        if f.name in choices:
+            text += " (any case)"
+        if kind is bool:
+            text += "; true or false, the bare flag means true"
+        text = f"{text} (default {default!r})" if kind is str else f"{text} (default {default})"
+        text = text.strip().replace("%", "%%")  # argparse formats help with %
         if kind is bool:  # `--two_stage` or `--two_stage false`
-            parser.add_argument(*names, dest=f.name, nargs="?", const="true", metavar="BOOL",
-                                help=f"(default {default})")
+            parser.add_argument(*names, dest=f.name, nargs="?", const="true", metavar="BOOL", help=text)
         else:
-            parser.add_argument(*names, dest=f.name, metavar=kind.__name__.upper(), help=f"(default {default})")
+            metavar = "{" + ",".join(choices[f.name]) + "}" if f.name in choices else kind.__name__.upper()
+            parser.add_argument(*names, dest=f.name, metavar=metavar, help=text)
     return parser
 
 

@@ -60,6 +60,17 @@ class ImdbConfig(Config):
     # about the same for 50 rows as for 1000 (it is latency-bound), so one chunk is ~20x cheaper than 20
 
     ALIASES: ClassVar[dict] = {"iterations": "budget", "gradient_clip": "clip_grad_norm", "size": "num_reviews"}
+    HELP: ClassVar[dict] = {
+        "num_reviews": "reviews used: the first N rows of the CSV (>= 8), three quarters train, one validates",
+        "vocab_size": "most frequent words kept; the others are dropped",
+        "seq_len": "tokens per review (longer ones cut, shorter ones padded)",
+        "embedding_dim": "word embedding width",
+        "hidden_dim": "LSTM hidden units",
+        "num_layers": "LSTM layers",
+        "init_scale": "every initial parameter multiplied by this (> 0; 1 shows no grokking)",
+        "eval_every": "steps between evaluations of the whole splits (plus step 1 and the last step)",
+        "eval_chunk": "rows per forward when evaluating a whole split (memory against speed)",
+    }
 
     def validate(self) -> None:
         super().validate()

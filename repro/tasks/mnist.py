@@ -76,6 +76,18 @@ class MnistConfig(Config):
 
     ALIASES: ClassVar[dict] = {"optimization_steps": "budget", "initialization_scale": "init_scale",
                                "download_directory": "data_dir"}
+    CHOICES: ClassVar[dict] = {"loss_function": LOSS_FUNCTIONS}
+    HELP: ClassVar[dict] = {
+        "train_points": "training images: the first N of MNIST's 60,000",
+        "depth": "Linear layers (>= 2): 784 -> width -> ... -> width -> 10",
+        "width": "units per hidden layer",
+        "activation": "ReLU, Tanh, Sigmoid or GELU (any case)",
+        "init_scale": "every initial parameter multiplied by this (> 0; 8 is Omnigrok's large init)",
+        "loss_function": "MSE on one-hot targets, or CrossEntropy",
+        "download": "let torchvision download MNIST into <data_dir>/mnist when it is missing",
+        "eval_every": "0 = evaluate on the reference's log grid only (about 150 points over --budget); "
+                      "N > 0 = also every N steps",
+    }
 
     def validate(self) -> None:
         super().validate()

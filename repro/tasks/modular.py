@@ -15,6 +15,7 @@ splits an epoch's training metrics in two; a checkpoint carries the updates sinc
 import contextlib
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,18 @@ class ModularConfig(Config):
     batch_size: int = 512
     warmup_steps: int = 10
     eval_every: int = 0  # 0 = once per epoch (every ceil(train size / batch) steps), as the reference
+
+    CHOICES: ClassVar[dict] = {"operation": OPERATIONS}
+    HELP: ClassVar[dict] = {
+        "p": "the modulus, a prime >= 3",
+        "operation": "x o y mod p: mul, add, sub or div (the paper's tables: mul)",
+        "train_fraction": "fraction of the p*(p-1) equations used for training, in (0, 1); the rest validate",
+        "dim": "transformer width (a multiple of --num_heads)",
+        "num_layers": "transformer blocks",
+        "num_heads": "attention heads",
+        "eval_every": "steps between evaluations; 0 = once per epoch, ceil(training equations / batch_size) "
+                      "steps (10 for p 97), as the reference",
+    }
 
     def validate(self) -> None:
         super().validate()

@@ -104,6 +104,19 @@ class Qm9Config(Config):
     fast_conv: bool = True  # NNConv's edge MLP once per distinct edge-feature row (same function); False: PyG's forward
 
     ALIASES: ClassVar[dict] = {}  # the reference's flags (--size, --init_scale, ...) are field names here
+    CHOICES: ClassVar[dict] = {"features": FEATURE_MODES}
+    HELP: ClassVar[dict] = {
+        "size": "molecules: the first N of QM9 (>= 2), half train, half validation (a random split per seed)",
+        "target": "which of QM9's 19 targets (0..18); 1 = isotropic polarizability alpha, in bohr^3",
+        "init_scale": "every initial parameter multiplied by this (> 0; 1 shows no grokking)",
+        "features": "atom and bond features: pyg (PyG's, from unsanitized molecules) or sanitized",
+        "download": "PyG's own QM9 download instead of the local table",
+        "budget": "optimisation steps; 0 = the reference's int(100*50000/size) epochs (100,000 steps for size "
+                  "100). --max_steps stops a run earlier",
+        "eval_every": "steps between evaluations; 0 = once per epoch, ceil((size // 2) / batch_size) steps",
+        "fast_conv": "NNConv's edge network once per distinct edge-feature row (the same function); false: "
+                     "PyG's forward",
+    }
 
     def __post_init__(self) -> None:
         if self.budget == 0 and self.size >= 2 and self.batch_size >= 1:  # resolved, so config.yaml says it
