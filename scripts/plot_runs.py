@@ -16,7 +16,7 @@ def main(argv=None) -> int:
     parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders holding metrics.jsonl")
     parser.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     parser.add_argument("--labels", nargs="*", help="one legend label per run (default: run names)")
-    parser.add_argument("--title", default="")
+    parser.add_argument("--title", default="", help="figure title (default none)")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.run_dirs if stored_jsonl(d / "metrics.jsonl") is None]
     if missing:

@@ -1,35 +1,49 @@
-"""Turn the run folders under results/ into the paper's tables and figures (results/README.md).
+"""Turn run folders into the paper's tables and figures: <results>/README.md and <results>/figures/.
 
-Every number comes from a run folder (summary.json, metrics.jsonl); the paper's figures come from
-scripts/tables.yaml and sit in their own column. Runs are grouped by task and --label.
+Every number comes from a run folder (summary.json, metrics.jsonl, config.yaml, header.json); the
+paper's figures and the table layout come from configs/tables.yaml. Runs are placed in a table's row by
+their task and --label; runs that fit no table are listed, tables without runs left out. A table's notes
+describe the committed runs, so they are shown only when the table's runs are those (see tables.yaml).
 
-    python scripts/summarize.py                       # results/ -> results/README.md + results/figures/
-    python scripts/summarize.py --thresholds 0.85 0.9 0.95 --results results --out results/README.md
+    python scripts/summarize.py                        # runs/ (the reproduce scripts' default folder)
+    python scripts/summarize.py --results results      # the committed runs -> results/README.md
+    python scripts/summarize.py --tables               # the table ids
+    python scripts/summarize.py --results results --tables qm9 --out /tmp/qm9.md
 """
 import argparse
 import json
-import os
 import math
+import os
 import statistics
 import sys
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 from repro.metrics import first_step_reaching, read_jsonl  # noqa: E402
-from repro.plots import plot_groups  # noqa: E402
 
-TABLES_SPEC = Path(__file__).with_name("tables.yaml")
+TABLES_SPEC = REPO / "configs" / "tables.yaml"
+QM9_POLARIZABILITY = (1, "Polarizability_bohr3")  # (target index, column of the qm9pack table)
 
 
 def relpath(path: Path, start: Path) -> str:
     return Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
 
 
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def load_runs(results: Path) -> list[dict]:
-    """One dict per finished run folder: its summary, config, records and path."""
+    """One dict per run folder holding a summary and a config: its summary, config, header, records, path."""
     runs = []
     for summary_path in sorted(results.glob("*/*/summary.json")):
         folder = summary_path.parent
@@ -37,10 +51,71 @@ def load_runs(results: Path) -> list[dict]:
         if not config_path.exists():
             continue
         runs.append({"dir": folder, "summary": json.loads(summary_path.read_text()),
-                     "config": yaml.safe_load(config_path.read_text()),
+                     "config": yaml.safe_load(config_path.read_text()) or {},
+                     "header": read_json(folder / "header.json"),
                      "records": read_jsonl(folder / "metrics.jsonl")})
     return runs
 
+
+def load_specs(path: Path = TABLES_SPEC) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------- placing runs
+
+def place(runs: list[dict], specs: dict) -> tuple[dict, list[tuple[dict, str]]]:
+    """{table id: {label: [runs by seed]}} for the tables with runs, and the runs no table takes (with why).
+    A run may sit in two tables (the mod-97 baseline is the baseline of tables 1 and 2)."""
+    placed = {tid: {label: [] for label in spec["rows"]} for tid, spec in specs.items()}
+    unplaced = []
+    for run in runs:
+        task, label = run["summary"].get("task"), run["config"].get("label", "")
+        homes = [tid for tid, spec in specs.items() if spec["task"] == task and label in spec["rows"]]
+        for tid in homes:
+            placed[tid][label].append(run)
+        if not homes:
+            labels = sorted({lab for spec in specs.values() if spec["task"] == task for lab in spec["rows"]})
+            why = (f"label {label!r} is no row of a {task} table (rows: {', '.join(labels)})" if labels
+                   else f"no table of task {task!r}")
+            unplaced.append((run, why))
+    for rows in placed.values():
+        for label in rows:
+            rows[label].sort(key=lambda r: (r["summary"].get("seed", 0), str(r["dir"])))
+    return {tid: rows for tid, rows in placed.items() if any(rows.values())}, unplaced
+
+
+def _sitting_span(results: Path, sitting: str) -> tuple[float, float] | None:
+    """(start, end) of the sitting whose record is <results>/sittings/<sitting>*.json (named by its start)."""
+    files = sorted((results / "sittings").glob(f"{sitting}*.json"))
+    record = read_json(files[0]) if len(files) == 1 else {}
+    if "wall_s" not in record:
+        return None
+    start = datetime.strptime(sitting[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
+    return start, start + record["wall_s"]
+
+
+def notes_apply(spec: dict, rows: dict, results: Path) -> bool:
+    """Whether the table's notes describe these runs: every run made at the notes' commit and started
+    during one of their sittings (so a user's runs at the same commit do not get our conclusions)."""
+    tie = spec.get("note_runs") or {}
+    commit, spans = str(tie.get("commit", "")), [_sitting_span(results, str(s)) for s in tie.get("sittings", [])]
+    spans = [s for s in spans if s]
+    if not commit or not spans:
+        return False
+    for run in (r for runs in rows.values() for r in runs):
+        header = run["header"]
+        try:
+            started = datetime.strptime(header.get("started_at", ""), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            return False
+        if not str(header.get("git_commit", "")).startswith(commit):
+            return False
+        if not any(a <= started <= b for a, b in spans):
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------- numbers
 
 def steps_to(run: dict, threshold: float) -> tuple[float, bool]:
     """(first step with val_acc >= threshold, reached?); not reached gives the steps run."""
@@ -53,61 +128,94 @@ def time_to(run: dict, threshold: float) -> tuple[float, bool]:
     return (hit["elapsed_s"], True) if hit else (run["summary"]["wall_s"], False)
 
 
-def fmt(x: float | None) -> str:
+def decimals(x: float, integer: bool = False) -> int:
+    """Decimals that show three significant digits of x (none for step counts and numbers >= 100)."""
+    if integer or not x or not math.isfinite(x) or abs(x) >= 100:
+        return 0
+    return min(8, 2 - math.floor(math.log10(abs(x))))
+
+
+def fmt(x: float | None, integer: bool = False, places: int | None = None) -> str:
     if x is None:
         return "–"
-    if abs(x) >= 1000:
-        return f"{x:,.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if abs(x) >= 0.1:
-        return f"{x:.3g}" if abs(x) < 1 else f"{x:.2f}"
-    return f"{x:.3g}"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    places = decimals(x, integer) if places is None else places
+    return f"{x:,.{places}f}"
 
 
 def aggregate(values: list[tuple[float, bool]]) -> dict:
     """mean ± std over seeds; a value not reached counts as its budget, and the mean is then a bound."""
     xs = [v for v, _ in values]
-    all_reached = all(ok for _, ok in values)
     return {"mean": statistics.mean(xs) if xs else None,
             "std": statistics.stdev(xs) if len(xs) > 1 else 0.0,
-            "n": len(xs), "reached": sum(ok for _, ok in values), "all_reached": all_reached,
+            "n": len(xs), "reached": sum(ok for _, ok in values), "all_reached": all(ok for _, ok in values),
             "per_seed": values}
 
 
-def cell(agg: dict) -> str:
+def cell(agg: dict, integer: bool = False) -> str:
+    """'mean ± std (n=N)', std to the mean's precision; '> ' and 'k/N reached' when a value is a bound."""
     if not agg["n"]:
-        return "no runs"
-    bound = "" if agg["all_reached"] else "> "
-    text = f"{bound}{fmt(agg['mean'])} ± {fmt(agg['std'])} (n={agg['n']})"
-    if not agg["all_reached"]:
-        text += f", {agg['reached']}/{agg['n']} reached"
-    seeds = ", ".join(("" if ok else ">") + fmt(v) for v, ok in agg["per_seed"])
-    return f"{text}<br><sub>{seeds}</sub>"
+        return "–"
+    places = decimals(agg["mean"], integer)
+    text = f"{fmt(agg['mean'], integer, places)} ± {fmt(agg['std'], integer, places)} (n={agg['n']})"
+    if agg["all_reached"]:
+        return text
+    return f"> {text}, {agg['reached']}/{agg['n']} reached"
 
 
-def metric_columns(kind: str, thresholds: list[float]) -> list[tuple[str, str, callable]]:
-    """(column title, paper key, run -> (value, reached))."""
-    def summary_key(key):
-        return lambda run: (run["summary"].get(key), run["summary"].get(key) is not None)
+@dataclass
+class Column:
+    key: str  # the paper figures' key, and the headline's name
+    title: str
+    get: Callable  # run -> (value, reached) or (None, False)
+    integer: bool = False
 
-    common = [("peak GPU MB", "peak_gpu_mem_mb", summary_key("peak_gpu_mem_mb")),
-              ("ms / iteration (wall)", "wall_per_step_ms", summary_key("wall_per_step_ms")),
-              ("ms / train step", "train_step_ms", summary_key("train_step_ms"))]
+
+def _summary_key(key):
+    return lambda run: (run["summary"].get(key), run["summary"].get(key) is not None)
+
+
+def columns(kind: str, thresholds: list[float], variances: dict) -> list[Column]:
+    common = [Column("peak_gpu_mem_mb", "peak GPU MB", _summary_key("peak_gpu_mem_mb")),
+              Column("wall_per_step_ms", "ms / iteration (wall)", _summary_key("wall_per_step_ms")),
+              Column("train_step_ms", "ms / train step", _summary_key("train_step_ms"))]
     if kind == "accuracy":
-        cols = [(f"steps to {t:.0%}", "steps_to_95" if round(t * 100) == 95 else "",
-                 (lambda t: lambda run: steps_to(run, t))(t)) for t in thresholds]
-        cols.append(("wall s to 95%", "time_to_95_s", lambda run: time_to(run, 0.95)))
-        cols.append(("best val acc", "", summary_key("best_val_acc")))
+        cols = [Column(f"steps_to_{round(t * 100)}", f"steps to {t:.0%}",
+                       (lambda t: lambda run: steps_to(run, t))(t), integer=True) for t in thresholds]
+        cols.append(Column("time_to_95_s", "wall s to 95%", lambda run: time_to(run, 0.95)))
+        cols.append(Column("best_val_acc", "best val acc", _summary_key("best_val_acc")))
         return cols + common
     if kind == "imdb":
-        return [("best val acc, 50-batch (paper's)", "best_val_batch_acc", summary_key("best_val_batch_acc")),
-                ("min val loss, 50-batch (paper's)", "min_val_batch_loss", summary_key("min_val_batch_loss")),
-                ("best val acc, full split", "", summary_key("best_val_acc")),
-                ("min val loss, full split", "", summary_key("min_val_loss")),
+        return [Column("best_val_batch_acc", "best val acc, 50-batch (paper's)", _summary_key("best_val_batch_acc")),
+                Column("min_val_batch_loss", "min val loss, 50-batch (paper's)", _summary_key("min_val_batch_loss")),
+                Column("best_val_acc", "best val acc, full split", _summary_key("best_val_acc")),
+                Column("min_val_loss", "min val loss, full split", _summary_key("min_val_loss")),
                 # best and min hide a run that ends worse than it was (wd 10 runs collapse to chance)
-                ("final val acc, full split", "", summary_key("final_val_acc"))] + common
-    return [("min val MSE", "min_val_loss", summary_key("min_val_loss"))] + common
+                Column("final_val_acc", "final val acc, full split", _summary_key("final_val_acc"))] + common
+
+    def unexplained(run):
+        var = variances.get(run["dir"])
+        loss = run["summary"].get("min_val_loss")
+        return (loss / var, True) if var and loss is not None else (None, False)
+
+    return [Column("min_val_loss", "min val MSE", _summary_key("min_val_loss")),
+            Column("fvu", "min val MSE / Var(val target)", unexplained),
+            Column("final_val_loss", "final val MSE", _summary_key("final_val_loss"))] + common
+
+
+def column_values(col: Column, runs: list[dict]) -> list[tuple[float, bool]]:
+    return [v for v in (col.get(r) for r in runs) if v[0] is not None]
+
+
+def ratio(other: dict, row: dict) -> str:
+    """other mean / row mean, as 'x4.1'; '≥' / '≤' when a mean is a bound (a value never reached)."""
+    if not other["n"] or not row["n"] or not row["mean"]:
+        return "–"
+    if not other["all_reached"] and not row["all_reached"]:
+        return "–"
+    bound = "≥ " if not other["all_reached"] else "≤ " if not row["all_reached"] else ""
+    return f"{bound}×{other['mean'] / row['mean']:.{2 if other['mean'] / row['mean'] < 10 else 1}f}"
 
 
 def speedup(base: list[dict], fast: list[dict], threshold: float = 0.95) -> str:
@@ -126,8 +234,174 @@ def finished(run: dict) -> bool:
     return stopped == "budget" or stopped.startswith("early_stop")
 
 
-def row_name(spec: dict, run: dict) -> str:
-    return spec["rows"][run["config"]["label"]]["name"]
+# ---------------------------------------------------------------------------------------- QM9's scale
+
+def qm9_table(data_dir: Path) -> list[float] | None:
+    """The polarizability (bohr^3) of every characterized molecule of the local qm9pack table, in the
+    dataset's order (as repro/data/qm9.py reads it), or None when the table is not there."""
+    import pandas as pd
+
+    from repro.data.qm9 import find_csv_files, read_uncharacterized
+    from repro.errors import UserError
+
+    try:
+        files = find_csv_files(data_dir)
+    except UserError:
+        return None
+    skip = set()
+    for name in ("uncharacterized.txt.gz", "uncharacterized.txt"):
+        if (data_dir / "qm9" / name).exists():
+            skip = read_uncharacterized(data_dir / "qm9" / name)
+            break
+    frames = [pd.read_csv(f, usecols=["Index", QM9_POLARIZABILITY[1]]) for f in files]
+    table = pd.concat(frames)
+    return table[~table["Index"].isin(skip)][QM9_POLARIZABILITY[1]].astype(float).tolist()
+
+
+def qm9_split(size: int, seed: int) -> tuple[list[int], list[int]]:
+    """The training and validation molecule indices of a run: the task's torch.manual_seed(seed);
+    torch.randperm(size), first half training (repro/tasks/qm9.py)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(size, generator=generator).tolist()
+    return order[:size // 2], order[size // 2:]
+
+
+def pvariance(xs: list[float]) -> float:
+    """Population variance: the MSE of predicting the mean, so MSE / it is the fraction left unexplained."""
+    return statistics.pvariance(xs)
+
+
+def qm9_variances(runs: list[dict], alphas: list[float] | None) -> dict:
+    """run folder -> Var of its validation half's targets (bohr^6), for runs of target 1 (polarizability)."""
+    if alphas is None:
+        return {}
+    out = {}
+    for run in runs:
+        cfg = run["config"]
+        if run["summary"].get("task") != "qm9" or cfg.get("target", 1) != QM9_POLARIZABILITY[0]:
+            continue
+        size = int(cfg.get("size", 100))
+        if size > len(alphas):
+            continue
+        _, val = qm9_split(size, int(cfg.get("seed", 0)))
+        out[run["dir"]] = pvariance([alphas[i] for i in val])
+    return out
+
+
+def qm9_scale_markdown(spec: dict, rows: dict, alphas: list[float] | None, data_dir: Path) -> str:
+    if alphas is None:
+        return (f"Target variances not computed: no QM9 table under {data_dir} (pass --data_dir or set "
+                "GROKFAST_DATA_DIR), so the MSE / Var column is empty.\n")
+    runs = [r for rs in rows.values() for r in rs]
+    sizes = sorted({int(r["config"].get("size", 100)) for r in runs}) or [100]
+    seeds = sorted({int(r["config"].get("seed", 0)) for r in runs})
+    size = sizes[0]
+    first = pvariance(alphas[:size])
+    halves = [qm9_split(size, s) for s in seeds]
+    train = ", ".join(fmt(pvariance([alphas[i] for i in t])) for t, _ in halves)
+    val = ", ".join(fmt(pvariance([alphas[i] for i in v])) for _, v in halves)
+    paper = [(row["name"], row["paper"]["min_val_loss"]) for row in spec["rows"].values()
+             if row.get("paper", {}).get("min_val_loss") is not None]
+    scaled = "; ".join(f"{name} {fmt(p)} × {fmt(first)} = {fmt(p * first)}" for name, p in paper)
+    return (f"**Target variances** (population variance of the polarizability α, bohr⁶): the first {size} "
+            f"molecules {fmt(first)}; their training halves {train} and validation halves {val} (seeds "
+            f"{', '.join(map(str, seeds))}); all {len(alphas):,} molecules of the local table {fmt(pvariance(alphas))}. "
+            f"The MSE / Var column divides each run's minimum validation MSE by its own validation half's "
+            f"variance (the fraction of variance unexplained). In raw units, the paper's figures times the "
+            f"first {size} molecules' variance: {scaled} bohr⁶.\n")
+
+
+# ---------------------------------------------------------------------------------------- markdown
+
+def run_link(run: dict, out_dir: Path) -> str:
+    return f"[s{run['summary'].get('seed', '?')}]({relpath(run['dir'], out_dir)})"
+
+
+def headline_markdown(tid: str, spec: dict, rows: dict, cols: list[Column]) -> str:
+    """The compact table: the headline metric, paper vs ours, and the ratios to the baseline and control."""
+    col = next(c for c in cols if c.key == spec["headline"])
+    fvu = next((c for c in cols if c.key == "fvu"), None) if col.key == "min_val_loss" else None
+    aggs = {label: aggregate(column_values(col, runs)) for label, runs in rows.items()}
+    base, control = spec["baseline"], spec.get("control")
+    paper = {label: row.get("paper", {}).get(col.key) for label, row in spec["rows"].items()}
+    header = ["row", f"paper: {col.title}", f"ours: {col.title}, mean ± std (n)"]
+    header += [fvu.title] if fvu else []
+    header += ["vs baseline (paper)", "vs control"]
+    lines = [f"**{spec['title']}** ([details](#{anchor(spec['title'])}))", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in spec["rows"].items():
+        if not rows[label]:
+            continue
+        agg = aggs[label]
+        vs_base = "–" if label == base or not rows.get(base) else ratio(aggs[base], agg)
+        if vs_base != "–" and paper.get(base) and paper.get(label):
+            vs_base += f" (paper ×{paper[base] / paper[label]:.1f})"
+        vs_control = "–" if label == control or not rows.get(control) else ratio(aggs[control], agg)
+        cells = [row["name"], fmt(paper[label], col.integer) if paper[label] is not None else "–",
+                 cell(agg, col.integer)]
+        if fvu:
+            cells.append(cell(aggregate(column_values(fvu, rows[label]))))
+        lines.append("| " + " | ".join(cells + [vs_base, vs_control]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def anchor(title: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
+    kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
+    return kept.replace(" ", "-")
+
+
+def table_markdown(tid: str, spec: dict, rows: dict, cols: list[Column], thresholds: list[float],
+                   out_dir: Path, figures: Path, notes: bool, extra: str = "") -> str:
+    from repro.plots import plot_groups  # matplotlib only when a table is drawn
+
+    lines = [f"### {spec['title']}", ""]
+    header = ["row"] + [c.title for c in cols]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in spec["rows"].items():
+        if not rows[label]:
+            continue
+        cells = [f"**{row['name']}**"]
+        for col in cols:
+            values = column_values(col, rows[label])
+            text = cell(aggregate(values), col.integer) if values else "–"
+            paper = row.get("paper", {}).get(col.key)
+            cells.append(text + (f"<br>paper: {fmt(paper, col.integer)}" if paper is not None else ""))
+        lines.append("| " + " | ".join(cells) + " |")
+    missing = [row["name"] for label, row in spec["rows"].items() if not rows[label]]
+    if missing:
+        lines += ["", f"No runs here for: {', '.join(missing)}."]
+    lines += ["", "Each run (the link opens its folder: config, header with the commit, metrics, curves):", ""]
+    header = ["row", "run"] + [c.title for c in cols] + ["stopped"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, row in spec["rows"].items():
+        for run in rows[label]:
+            values = []
+            for col in cols:
+                value, reached = col.get(run)
+                values.append(("> " if value is not None and not reached else "") + fmt(value, col.integer))
+            stopped = run["summary"].get("stopped", "?")
+            stopped = "early stop" if stopped.startswith("early_stop") else stopped
+            lines.append("| " + " | ".join([row["name"], run_link(run, out_dir)] + values + [stopped]) + " |")
+    lines.append("")
+    cut = [f"{spec['rows'][label]['name']} s{r['summary']['seed']} ({r['summary']['stopped']})"
+           for label in spec["rows"] for r in rows[label] if not finished(r)]
+    if cut:
+        lines += ["Stopped before their budget (shown with `>`; a sitting's deadline, not the paper's budget): "
+                  + "; ".join(cut) + ".", ""]
+    if spec["kind"] == "accuracy" and rows.get(spec["baseline"]) and rows.get(spec["grokfast"]):
+        lines += ["; ".join(speedup(rows[spec["baseline"]], rows[spec["grokfast"]], t) for t in thresholds) + ".", ""]
+    groups = {spec["rows"][label]["name"]: [r["dir"] for r in rows[label]] for label in spec["rows"] if rows[label]}
+    keys = ("acc", "loss") if spec["kind"] != "regression" else ("loss",)
+    figure = plot_groups(groups, figures / f"{tid}.png", title=spec["title"], stems=keys)
+    lines += [f"![{tid}]({relpath(figure, out_dir)})", ""]
+    if extra:
+        lines += [extra, ""]
+    if spec.get("note") and notes:
+        lines += [spec["note"].strip(), ""]
+    return "\n".join(lines)
 
 
 def union_seconds(spans: list[tuple[float, float]]) -> float:
@@ -152,63 +426,29 @@ def sittings_markdown(results: Path, runs: list[dict]) -> str:
         jobs = max(jobs, rec["jobs"])
     # a sitting lists every run it was given, failed and finished ones too: count runs and resumes from the
     # run folders, matched to sittings by the device their headers name
-    made = [(json.loads((r["dir"] / "header.json").read_text()), r) for r in runs
-            if (r["dir"] / "header.json").exists()]
     parts = []
     for device, device_spans in sorted(spans.items()):
-        mine = [(h, r) for h, r in made if h.get("device") == device]
-        resumes = sum(len(h.get("resumed", [])) for h, _ in mine)
-        tasks = ", ".join(sorted({r["summary"].get("task", "?") for _, r in mine}))
+        mine = [r for r in runs if r["header"].get("device") == device]
+        resumes = sum(len(r["header"].get("resumed", [])) for r in mine)
+        tasks = ", ".join(sorted({r["summary"].get("task", "?") for r in mine}))
         n, minutes = len(device_spans), union_seconds(device_spans) / 60
         parts.append(f"on {device}, {n} sitting{'s' if n != 1 else ''}, {minutes:.1f} minutes of GPU wall time, "
                      f"which made {len(mine)} of the runs below ({resumes} of them resumed after a sitting's "
                      f"deadline{'; ' + tasks if tasks else ''})")
-    return (f"**GPU time.** Sittings (`results/sittings/`, made by `scripts/run_on_gpu.sh`, up to {jobs} runs at "
-            "once under CUDA MPS): " + "; ".join(parts) + ". "
+    return (f"**GPU time.** Sittings (`{results.name}/sittings/`, made by `scripts/run_on_gpu.sh`, up to {jobs} "
+            "runs at once under CUDA MPS): " + "; ".join(parts) + ". "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
             "crowded GPU, not of a run alone: `results/bench/` has each task alone on an H100 "
             "(`probe_h100.txt`; mod-97: the run folders in `solo_h100_modular/`).\n")
 
 
-def table_markdown(table_id: str, spec: dict, runs: list[dict], thresholds: list[float],
-                   out_dir: Path, figures: Path) -> str:
-    task_runs = [r for r in runs if r["summary"].get("task") == spec["task"]]
-    by_label = {label: [r for r in task_runs if r["config"].get("label") == label] for label in spec["rows"]}
-    columns = metric_columns(spec["kind"], thresholds)
-    lines = [f"### {spec['title']}", ""]
-    header = ["row"] + [c[0] for c in columns] + ["runs"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, row in spec["rows"].items():
-        rruns = sorted(by_label[label], key=lambda r: r["summary"]["seed"])
-        cells = [f"**{row['name']}**"]
-        for _, paper_key, getter in columns:
-            values = [getter(r) for r in rruns if getter(r)[0] is not None]
-            text = cell(aggregate(values)) if values else "–"
-            paper = row.get("paper", {}).get(paper_key) if paper_key else None
-            if paper is not None:
-                text += f"<br>paper: {fmt(paper)}"
-            cells.append(text)
-        links = ", ".join(f"[s{r['summary']['seed']}]({relpath(r['dir'], out_dir)})" for r in rruns)
-        cells.append(links or "none")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    cut = [f"{row_name(spec, r)} s{r['summary']['seed']} ({r['summary']['stopped']})"
-           for label in spec["rows"] for r in by_label[label] if not finished(r)]
-    if cut:
-        lines += ["Stopped before their budget (shown with `>`; a sitting's deadline, not the paper's budget): "
-                  + "; ".join(cut) + ".", ""]
-    if spec["kind"] == "accuracy":
-        lines += ["; ".join(speedup(by_label[spec["baseline"]], by_label[spec["grokfast"]], t)
-                            for t in thresholds) + ".", ""]
-    groups = {spec["rows"][label]["name"]: [r["dir"] for r in by_label[label]]
-              for label in spec["rows"] if by_label[label]}
-    if groups:
-        keys = ("acc", "loss") if spec["kind"] != "regression" else ("loss",)
-        figure = plot_groups(groups, figures / f"{table_id}.png", title=spec["title"], stems=keys)
-        lines += [f"![{table_id}]({relpath(figure, out_dir)})", ""]
-    if spec.get("note"):
-        lines += [spec["note"].strip(), ""]
-    return "\n".join(lines)
+def unplaced_markdown(unplaced: list[tuple[dict, str]], out_dir: Path) -> str:
+    if not unplaced:
+        return ""
+    lines = ["## Runs in no table", "", "| run | why |", "|---|---|"]
+    lines += [f"| [{r['dir'].parent.name}/{r['dir'].name}]({relpath(r['dir'], out_dir)}) | {why} |"
+              for r, why in unplaced]
+    return "\n".join(lines) + "\n"
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
@@ -220,39 +460,84 @@ def inject(readme: Path, body: str, tables_dir: Path) -> None:
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
     prefix = relpath(tables_dir, readme.parent)
-    body = body.replace("](", f"]({prefix}/") if prefix != "." else body
+    body = body.replace("](", f"]({prefix}/").replace(f"]({prefix}/#", "](#") if prefix != "." else body
     head, rest = text.split(BEGIN, 1)
     readme.write_text(head + BEGIN + "\n" + body.strip() + "\n" + END + rest.split(END, 1)[1])
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--results", type=Path, default=Path("results"), help="folder of <task>/<run>/ folders")
+    parser.add_argument("--results", type=Path, default=Path("runs"),
+                        help="folder of <task>/<run>/ folders (default runs; the committed ones: results)")
     parser.add_argument("--out", type=Path, default=None, help="markdown to write (default <results>/README.md)")
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.90, 0.95])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.85, 0.90, 0.95],
+                        help="validation accuracies (fractions) to count steps to (default 0.85 0.9 0.95)")
     parser.add_argument("--readme", type=Path, default=None,
-                        help="also copy the tables into this file between its results markers (README.md)")
-    parser.add_argument("--tables", nargs="*", help="table ids to include (default: all in tables.yaml)")
+                        help="also copy the tables into this file between its results markers")
+    parser.add_argument("--tables", nargs="*", metavar="ID",
+                        help="table ids to include (default all); given alone, list the ids and exit")
+    parser.add_argument("--data_dir", type=Path, default=None,
+                        help="where QM9's table is, for the target variances (default $GROKFAST_DATA_DIR, else data/)")
     args = parser.parse_args(argv)
+    specs = load_specs()
+    if args.tables == []:
+        print("\n".join(f"{tid}  {spec['title']}" for tid, spec in specs.items()))
+        return 0
+    unknown = [t for t in args.tables or [] if t not in specs]
+    if unknown:
+        parser.error(f"no table {', '.join(unknown)} (tables: {', '.join(specs)})")
     if not args.results.is_dir():
         parser.error(f"no results folder: {args.results}")
     if any(not 0 < t <= 1 for t in args.thresholds):
         parser.error("thresholds are fractions in (0, 1]")
     out = args.out or args.results / "README.md"
-    specs = yaml.safe_load(TABLES_SPEC.read_text())
     runs = load_runs(args.results)
-    body = ["Generated by `python scripts/summarize.py` from the run folders below; do not edit by hand. "
-             "Each cell: mean ± std over seeds (n), per-seed values underneath; `>` marks a run that never "
-             "reached the threshold within its steps (its step count is used, so the mean is a lower "
-             "bound). The paper's figure (one seed, GTX 1080 Ti) is under ours.", "",
-            sittings_markdown(args.results, runs)]
-    body += [table_markdown(table_id, spec, runs, args.thresholds, out.parent, out.parent / "figures")
-             for table_id, spec in specs.items() if not args.tables or table_id in args.tables]
+    placed, unplaced = place(runs, specs)
+    chosen = [tid for tid in specs if tid in placed and (not args.tables or tid in args.tables)]
+    data_dir = args.data_dir or Path(os.environ.get("GROKFAST_DATA_DIR") or "data")
+    qm9_runs = [r for tid in chosen if specs[tid]["kind"] == "regression" for rs in placed[tid].values() for r in rs]
+    alphas = qm9_table(data_dir) if qm9_runs else None
+    variances = qm9_variances(qm9_runs, alphas)
+    cols = {tid: columns(specs[tid]["kind"], args.thresholds, variances) for tid in chosen}
+    for tid in chosen:  # a headline the thresholds do not give falls back to the table's first column
+        if not any(c.key == specs[tid]["headline"] for c in cols[tid]):
+            specs[tid]["headline"] = cols[tid][0].key
+    placed_count = len({r["dir"] for tid in chosen for rs in placed[tid].values() for r in rs})
+    body = [f"Generated by `python scripts/summarize.py --results {args.results.as_posix()}` from the "
+            f"{placed_count} run folders linked below; do not edit by hand. Cells: mean ± std over seeds (n); "
+            "`>` marks a value never reached within the run's steps (its step count is used, so a mean is a "
+            "lower bound). The paper's figures (one seed, GTX 1080 Ti) come from `configs/tables.yaml`.", ""]
+    if not chosen:
+        body += ["No run folder here belongs to a table (see below).", ""]
+    sittings = sittings_markdown(args.results, runs)
+    if sittings:
+        body += [sittings]
+    if chosen:
+        body += ["## Summary", "",
+                 "One table per paper table: its headline metric, the paper's figure against ours. vs baseline / "
+                 "vs control: the baseline's (control's) mean divided by the row's, so above ×1 the row takes "
+                 "fewer steps or reaches a lower loss; ≥ / ≤ where a mean is a bound; in brackets the same ratio "
+                 "of the paper's figures.", ""]
+        body += [headline_markdown(tid, specs[tid], placed[tid], cols[tid]) for tid in chosen]
+        body += ["## Details", ""]
+    for tid in chosen:
+        spec, rows = specs[tid], placed[tid]
+        notes = notes_apply(spec, rows, args.results)
+        extra = qm9_scale_markdown(spec, rows, alphas, data_dir) if spec["kind"] == "regression" else ""
+        if spec.get("note") and not notes:
+            extra += ("" if not extra else "\n") + ("The notes on this table describe the committed runs (commit "
+                                                    f"{spec['note_runs']['commit']}); these runs are others, so "
+                                                    "they are not shown.")
+        body.append(table_markdown(tid, spec, rows, cols[tid], args.thresholds, out.parent, out.parent / "figures",
+                                   notes, extra.strip()))
+    body.append(unplaced_markdown(unplaced, out.parent))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(["# Results", "", *body]))
+    out.write_text("\n".join(["# Results", "", *body]).rstrip("\n") + "\n")
     if args.readme:
         inject(args.readme, "\n".join(body), out.parent)
-    print(f"wrote {out} from {len(runs)} runs")
+    left = f"; {len(unplaced)} in no table, listed at the end" if unplaced else ""
+    print(f"wrote {out}: {len(chosen)} table{'s' if len(chosen) != 1 else ''} from {placed_count} of "
+          f"{len(runs)} runs{left}")
     return 0
 
 

@@ -78,3 +78,16 @@ def test_reproduce_all_summarizes_the_results_folder_it_wrote(tmp_path):
     lines = calls.read_text().splitlines()
     assert len(lines) == 6 and all(line.startswith("scripts/run_commands.py") for line in lines[:5]), lines
     assert lines[-1].endswith(f"summarize.py --results {tmp_path / 'mine'}")
+
+
+@pytest.mark.parametrize("script", ["summarize.py", "plot_runs.py", "run_commands.py", "bench_filter.py"])
+def test_python_scripts_explain_every_option(script):
+    result = subprocess.run([sys.executable, f"scripts/{script}", "--help"], cwd=REPO, capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.split("\noptions:\n", 1)[1].splitlines()
+    for i, line in enumerate(lines):  # an option's help follows it on its line, or on the next for a long one
+        if line.strip().startswith("--"):
+            has_help = "  " in line.strip() or (i + 1 < len(lines) and lines[i + 1].startswith(" " * 8)
+                                                 and not lines[i + 1].strip().startswith("-"))
+            assert has_help, f"{script}: {line.strip()} has no help"

@@ -39,14 +39,64 @@ def test_tables_show_mean_std_per_seed_and_missing_rows(results):
                            "--thresholds", "0.05", "0.95"]) == 0
     text = out.read_text()
     table = [line for line in text.splitlines() if line.startswith("| **")]
-    assert len(table) == 3  # baseline, Grokfast-EMA, and the control row that has no runs
-    control = next(line for line in table if "control" in line)
-    assert "none" in control.split("|")[-2]  # its runs column: no run folders
-    # best val acc: mean ± std over the two seeds, as the summaries say
+    assert len(table) == 2  # baseline and Grokfast-EMA; the control row has no runs ...
+    assert "No runs here for: wd 0.005 alone (control)." in text  # ... and is named as missing
+    # best val acc: mean ± std over the two seeds, as the summaries say, the std to the mean's decimals
     accs = [s["best_val_acc"] for s in summaries(results, "grokfast_ema")]
-    expected = f"{summarize.fmt(statistics.mean(accs))} ± {summarize.fmt(statistics.stdev(accs))} (n=2)"
+    places = summarize.decimals(statistics.mean(accs))
+    expected = f"{statistics.mean(accs):.{places}f} ± {statistics.stdev(accs):.{places}f} (n=2)"
     assert expected in next(line for line in table if "Grokfast-EMA" in line)
     assert "paper: 910" in text and (results / "figures" / "modular_ema.png").exists()
+    # one line per run, linked to its folder
+    for s in summaries(results, "grokfast_ema"):
+        assert f"[s{s['seed']}](modular/{s['run']})" in text
+
+
+def test_sensible_precision():
+    assert summarize.cell(summarize.aggregate([(304.7, True), (304.7003, True)])) == "305 ± 0 (n=2)"
+    assert summarize.cell(summarize.aggregate([(1000, True), (1290, True)]), integer=True) == "1,145 ± 205 (n=2)"
+    assert summarize.cell(summarize.aggregate([(0.00527, True), (0.0031, True)])) == "0.00419 ± 0.00153 (n=2)"
+    assert summarize.fmt(11.534) == "11.5" and summarize.fmt(0.969) == "0.969" and summarize.fmt(66993.3) == "66,993"
+
+
+def test_a_foreign_results_folder_gets_only_its_tables_no_notes_and_its_strays_listed(results, tmp_path, capsys):
+    """Runs of a user (here: not the committed sitting) get only the tables they have runs in, no notes
+    written about the committed runs, and a run that no table takes is listed, not dropped."""
+    stray = run(ModularConfig, ModularTask, "", ["--label", "my_idea", "--budget", "5", "--results_dir",
+                                                 str(results), *SMALL])
+    assert stray == 0
+    out = tmp_path / "tables.md"
+    try:
+        assert summarize.main(["--results", str(results), "--out", str(out)]) == 0
+    finally:
+        for folder in results.glob("modular/*my_idea*"):
+            __import__("shutil").rmtree(folder)
+    text = out.read_text()
+    titles = [line for line in text.splitlines() if line.startswith("### ")]
+    assert [t.split(" — ")[0] for t in titles] == ["### Table 1", "### Table 2"]  # the baseline is in both
+    specs = summarize.load_specs()
+    assert all(spec["note"].strip()[:40] not in text for spec in specs.values())
+    assert text.count("these runs are others, so they are not shown") == 2
+    assert "## Runs in no table" in text and "my_idea" in text and "label 'my_idea' is no row" in text
+    assert "1 in no table" in capsys.readouterr().out
+
+
+def test_the_committed_runs_get_their_notes():
+    runs = summarize.load_runs(REPO / "results")
+    placed, unplaced = summarize.place(runs, summarize.load_specs())
+    assert not unplaced and len(placed) == 5
+    specs = summarize.load_specs()
+    assert all(summarize.notes_apply(specs[tid], rows, REPO / "results") for tid, rows in placed.items())
+
+
+def test_tables_flag_lists_the_ids_and_refuses_unknown_ones(results, capsys):
+    assert summarize.main(["--tables"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(summarize.load_specs())
+    with pytest.raises(SystemExit) as info:
+        summarize.main(["--results", str(results), "--tables", "table9"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "no table table9" in err and "modular_ema" in err
 
 
 def test_not_reached_is_shown_as_a_bound_never_dropped(results):
@@ -95,3 +145,29 @@ def test_readme_markers_get_the_tables_and_sittings_count_overlaps_once_per_devi
     assert "on Other GPU, 1 sitting, 1.0 minutes of GPU wall time, which made 0 of the runs below" in text
     link = summarize.relpath(results / "figures" / "modular_ema.png", tmp_path)
     assert f"]({link})" in text and (tmp_path / link).exists()  # links re-based to the README's folder
+
+
+def test_qm9_variance_is_over_the_runs_own_validation_half(data_dir):
+    """The MSE / Var column's denominator: the targets the task validates on (its split, its molecules)."""
+    pytest.importorskip("rdkit")
+    import torch
+
+    from repro.tasks.qm9 import Qm9Config, Qm9Task
+
+    alphas = summarize.qm9_table(data_dir)
+    assert alphas is not None and len(alphas) >= 100
+    for seed in (0, 2):
+        task = Qm9Task(Qm9Config(data_dir=str(data_dir), seed=seed), torch.device("cpu"))
+        train, val = summarize.qm9_split(100, seed)
+        assert (train, val) == (task.train_ids.tolist(), task.val_ids.tolist())
+        targets = task.store.y[task.val_ids].flatten().double()
+        assert torch.allclose(targets, torch.tensor([alphas[i] for i in val], dtype=torch.float64), rtol=1e-6)
+        run = {"dir": Path(f"r{seed}"), "summary": {"task": "qm9"}, "config": {"seed": seed, "size": 100, "target": 1}}
+        variance = summarize.qm9_variances([run], alphas)[run["dir"]]
+        assert variance == pytest.approx(targets.var(unbiased=False).item(), rel=1e-6)
+
+
+def test_without_the_qm9_table_the_variance_column_says_why(tmp_path):
+    assert summarize.qm9_table(tmp_path) is None
+    text = summarize.qm9_scale_markdown({}, {}, None, tmp_path)
+    assert "not computed" in text and str(tmp_path) in text
