@@ -87,12 +87,12 @@ class Layout:
 
 
 class _ModelCall(nn.Module):
-    """forward(*args) = fn(*args); holds the task's model as submodule 'model', so functional_call can
-    swap a member's parameters (named 'model.<parameter name>') in for the call."""
+    """forward(*args) = self.fn(*args); holds the task's model as submodule 'model', so functional_call
+    can swap a member's parameters (named 'model.<parameter name>') in for the call."""
 
-    def __init__(self, model: nn.Module, fn):
+    def __init__(self, model: nn.Module):
         super().__init__()
-        self.model, self.fn = model, fn
+        self.model, self.fn = model, None
 
     def forward(self, *args):
         return self.fn(*args)
@@ -161,6 +161,7 @@ class Population:
         rows = [self.layout.join({n: p.detach() for n, p in t.model.named_parameters()}) for t in self.tasks]
         self.flat = torch.stack(rows).requires_grad_()  # a leaf: backward fills flat.grad [M, N]
         self.member_data = _member_data(self.tasks)
+        self._call = _ModelCall(self.template.model)
 
     @property
     def size(self) -> int:
@@ -174,11 +175,11 @@ class Population:
     def _vmapped(self, fn, *args, in_dims: tuple = ()):
         """fn(*args) for every member, where fn calls the template's methods: vmap over the members'
         parameters, tensor data and the args whose entry in in_dims is 0 (the others are shared)."""
-        module = _ModelCall(self.template.model, fn)
+        self._call.fn = fn
 
         def call(params, data, *member_args):
             with _swapped_attributes(self.template, data):
-                return functional_call(module, {"model." + k: v for k, v in params.items()}, member_args)
+                return functional_call(self._call, {"model." + k: v for k, v in params.items()}, member_args)
 
         dims = (0, 0) + (in_dims or (None,) * len(args))
         return vmap(call, in_dims=dims)(self.params(), self.member_data, *args)
