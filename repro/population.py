@@ -12,7 +12,8 @@ torch.func.functional_call of the first member's task (the template), with membe
 and member i's tensor data swapped in. A member's tensor data are the task attributes that are
 tensors and differ between members (mod-97's seed-dependent train/val split; MNIST has none: every
 seed reads the same images). Anything else the task reads in those calls (its config, its model's
-buffers) must be equal across members. Backward of the summed member losses gives each member its
+buffers) must be equal across members. mod-97 and MNIST stack (STACKABLE_TASKS); IMDb and QM9 do not
+(NOT_STACKABLE says why). Backward of the summed member losses gives each member its
 own gradient in flat.grad: members share no parameter, so d(sum_j loss_j)/d(row i) = d(loss_i)/d(row i).
 
 A loop's step (clip -> filter -> optimizer step, as the solo engine):
@@ -41,6 +42,17 @@ MEMBER_FIELDS = frozenset({
     "seed", "lr", "weight_decay", "beta1", "beta2", "momentum", "filter", "alpha", "lamb", "clip_grad_norm",
     "label", "out_dir", "early_stop_acc", "early_stop_patience",
 })
+
+
+# the tasks a population can train, each tested against its solo runs (tests/test_population.py), and
+# why the others cannot; the population swaps in only a member's tensor attributes, so a task keeping
+# per-member data in other objects would silently give every member the template's
+STACKABLE_TASKS = ("modular", "mnist")
+NOT_STACKABLE = {
+    "imdb": "its nn.LSTM has no vmap batching rule (aten::lstm.input, no fallback either)",
+    "qm9": "its padded batch shapes follow each seed's split, and its evaluation batch is a graph object "
+           "(not a tensor) the population cannot swap per member",
+}
 
 
 def check_member_configs(cfgs: Sequence) -> None:
@@ -154,6 +166,10 @@ class Population:
     def __init__(self, tasks: Sequence[Task]):
         if not tasks:
             raise ValueError("a population needs at least one member")
+        name = tasks[0].name
+        if name not in STACKABLE_TASKS:
+            reason = NOT_STACKABLE.get(name, "it has not been tested as one")
+            raise UserError(f"task {name} cannot train as a population: {reason}")
         self.tasks = list(tasks)
         self.template = self.tasks[0]
         self.layout = Layout(self.template.model)

@@ -257,6 +257,10 @@ def test_population_configs_must_share_the_model():
         check_member_configs([cfg, dataclasses.replace(cfg, dim=64)])
     with pytest.raises(UserError, match="mix filter kinds"):
         check_member_configs([dataclasses.replace(cfg, filter="ma"), dataclasses.replace(cfg, filter="ema")])
+    imdb = ModularTask(cfg, CPU)
+    imdb.name = "imdb"
+    with pytest.raises(UserError, match="task imdb cannot train as a population: its nn.LSTM"):
+        Population([imdb])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="other parameters"):
