@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from repro.cli import run
@@ -94,6 +95,8 @@ CASES = [
     ("main_imdb.py", ["--data_dir", "{data}", "--batch_size", "300"], "exceeds the 250 validation reviews"),
     ("main_qm9.py", ["--data_dir", "{qm9_truncated}"], "is unreadable (corrupt or truncated?)"),
     ("main_qm9.py", ["--data_dir", "{file}"], "is not a directory"),
+    ("main_qm9.py", ["--data_dir", "{qm9_abc}"], "line 11 (Index 10), column Polarizability_bohr3: 'abc' is not a number"),
+    ("main_qm9.py", ["--data_dir", "{qm9_nan}"], "line 11 (Index 10), column Polarizability_bohr3: 'NaN' is not a finite"),
 ]
 
 
@@ -127,6 +130,13 @@ def bad_data(tmp_path_factory, data_dir) -> dict[str, Path]:
     dirs["imdb_columns"] = root / "imdb_columns"
     _truncate(data_dir / "qm9" / "qm9_first10k.csv.gz", root / "qm9_truncated" / "qm9" / "qm9_first10k.csv.gz", 30_000)
     dirs["qm9_truncated"] = root / "qm9_truncated"
+    table = pd.read_csv(data_dir / "qm9" / "qm9_first10k.csv.gz", nrows=110)
+    for name, value in (("qm9_abc", "abc"), ("qm9_nan", "NaN")):  # the tenth molecule's polarizability
+        rows = table.astype({"Polarizability_bohr3": object})
+        rows.loc[9, "Polarizability_bohr3"] = value
+        (root / name / "qm9").mkdir(parents=True)
+        rows.to_csv(root / name / "qm9" / "qm9_first10k.csv", index=False)
+        dirs[name] = root / name
     return dirs
 
 

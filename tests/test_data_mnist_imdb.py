@@ -13,6 +13,7 @@ import torch
 from repro.data import imdb as imdb_mod
 from repro.data.imdb import STOP_WORDS, find_imdb_csv, load_imdb, stratified_split
 from repro.data.mnist import RAW_FILES, find_mnist_root, load_mnist
+from repro.data.paths import source_key
 from repro.errors import UserError
 
 
@@ -100,7 +101,7 @@ def test_mnist_originals_untouched(data_dir, tmp_path, monkeypatch):
     after = {p.name: (p.stat().st_size, p.stat().st_mtime_ns) for p in raw.iterdir()}
     assert before == after
     if (raw / f"{RAW_FILES[0]}.gz").is_file():  # gz layout: decompressed copies went to the cache
-        cached = tmp_path / "cache" / "mnist" / "MNIST" / "raw"
+        cached = tmp_path / "cache" / "mnist" / source_key(raw) / "MNIST" / "raw"
         assert sorted(p.name for p in cached.iterdir()) == sorted(RAW_FILES)
         assert (cached / "train-labels-idx1-ubyte").stat().st_size == 60008
 
@@ -141,7 +142,7 @@ def test_mnist_truncated_gz(data_dir, tmp_path, monkeypatch):
     msg = _one_line(e)
     assert f"{RAW_FILES[0]}.gz" in msg and "truncated" in msg
     # nothing half-written left in the cache
-    cached = tmp_path / "cache" / "mnist" / "MNIST" / "raw"
+    cached = tmp_path / "cache" / "mnist" / source_key(raw) / "MNIST" / "raw"
     assert not (cached / RAW_FILES[0]).exists() and not [p for p in cached.iterdir() if p.name.endswith(".tmp")]
 
 

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from repro.data import qm9 as qm9mod
-from repro.data.qm9 import HAR2EV, QM9CSV, TARGET_INDEX, load_qm9, read_uncharacterized
+from repro.data import qm9_csv
+from repro.data.qm9 import QM9CSV, load_qm9
+from repro.data.qm9_csv import HAR2EV, TARGET_INDEX, read_uncharacterized
+from repro.data.qm9_graphs import GraphBuilder
 from repro.errors import UserError
 
 N = 100
@@ -30,7 +32,7 @@ def ds_sanitized(data_dir):
 @pytest.fixture(scope="module")
 def table(data_dir):
     """The first rows of the real table, as pandas reads them (for cross-checks)."""
-    path = qm9mod.find_csv_files(data_dir)[0]
+    path = qm9_csv.find_csv_files(data_dir)[0]
     return pd.read_csv(path, nrows=N + 3)
 
 
@@ -91,7 +93,7 @@ def test_molecule_order_skips_uncharacterized(ds, data_dir):
     want = [i for i in range(1, 104) if i not in (58, 61, 80)]
     assert [int(d.idx) + 1 for d in ds] == want
     assert ds._data.idx.tolist() == [i - 1 for i in want]
-    ids = read_uncharacterized(qm9mod._existing(data_dir / "qm9", "uncharacterized", ".txt"))
+    ids = read_uncharacterized(qm9_csv.existing_file(data_dir / "qm9", "uncharacterized", ".txt"))
     assert len(ids) == 3054 and min(ids) == 58 and max(ids) == 133866
 
 
@@ -99,7 +101,7 @@ def test_targets_units_eV(ds, table):
     import torch_geometric.datasets.qm9 as pyg_qm9
 
     assert HAR2EV == pyg_qm9.HAR2EV
-    for target, refs in qm9mod.ATOMREFS_EV.items():
+    for target, refs in qm9_csv.ATOMREFS_EV.items():
         assert list(refs) == pyg_qm9.atomrefs[target]
     y = ds[0].y[0].double()
     row = table.iloc[0]
@@ -171,7 +173,7 @@ def test_missing_data_dir(tmp_path):
 
 
 def test_truncated_gz(tmp_path, data_dir):
-    src = qm9mod.find_csv_files(data_dir)[0]
+    src = qm9_csv.find_csv_files(data_dir)[0]
     (tmp_path / "qm9").mkdir()
     with open(src, "rb") as f:
         head = f.read(40_000)
@@ -207,7 +209,7 @@ def test_rdkit_missing(data_dir, monkeypatch):
 def test_strained_polycycle_keeps_smiles_graph(table):
     """Index 105, bicyclo[1.1.1]pentane: the bridgeheads are ~1.87 A apart, inside the distance
     cut-off, yet not bonded in the GDB SMILES; the graph must keep the SMILES bonds only."""
-    builder = qm9mod._GraphBuilder("pyg")
+    builder = GraphBuilder("pyg")
     row = next(r for r in table.itertuples(index=False) if r.Index == 105)
     assert row.SMILES == "C1C2CC1C2"
     d = builder.build(row, "test")
@@ -220,3 +222,35 @@ def test_strained_polycycle_keeps_smiles_graph(table):
     carbons = (d.z == 6).nonzero().flatten()
     dist = torch.cdist(d.pos[carbons], d.pos[carbons])
     assert ((dist > 1.6) & (dist < 1.98)).any()  # the non-bonded contact that had to be ignored
+
+
+@pytest.mark.parametrize("column, value, words", [
+    ("Polarizability_bohr3", "abc", "line 4 (Index 3), column Polarizability_bohr3: 'abc' is not a number"),
+    ("Polarizability_bohr3", "NaN", "line 4 (Index 3), column Polarizability_bohr3: 'NaN' is not a finite number"),
+    ("Polarizability_bohr3", "inf", "line 4 (Index 3), column Polarizability_bohr3: inf is not a finite number"),
+    ("HOMO_au", "", "line 4 (Index 3), column HOMO_au: is empty"),
+    ("N_atoms", "2.5", "line 4 (Index 3), column N_atoms: 2.5 is not an integer"),
+    ("Index", "x3", "line 4, column Index: 'x3' is not a number"),
+    ("SMILES", "", "line 4 (Index 3), column SMILES: is empty"),
+    ("XYZ_Ang", "[[0,0,nan],[1,0,0],[0,1,0]]", "line 4 (Index 3), column XYZ_Ang: a coordinate is not a finite"),
+])
+def test_a_bad_value_names_file_line_and_column(tmp_path, table, column, value, words):
+    """A value the loader reads that is not what the column holds stops the load with one line (it
+    never reaches training as a NaN loss)."""
+    rows = table.head(5).astype({column: object})
+    rows.loc[2, column] = value  # the third molecule, Index 3, on line 4 of the file
+    (tmp_path / "qm9").mkdir()
+    path = tmp_path / "qm9" / "qm9_first10k.csv"
+    rows.to_csv(path, index=False)
+    with pytest.raises(UserError) as info:
+        load_qm9(tmp_path, max_molecules=5)
+    assert str(info.value).startswith(f"QM9 file {path}, ") and words in str(info.value), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_bad_value_in_a_row_no_run_reads_is_no_error(tmp_path, table):
+    rows = table.head(5).astype({"Polarizability_bohr3": object})
+    rows.loc[4, "Polarizability_bohr3"] = "abc"
+    (tmp_path / "qm9").mkdir()
+    rows.to_csv(tmp_path / "qm9" / "qm9_first10k.csv", index=False)
+    assert len(load_qm9(tmp_path, max_molecules=4)) == 4

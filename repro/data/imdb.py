@@ -14,7 +14,8 @@ The reference:
     LEFT-padded with 0 and long ones keep their FIRST seq_len tokens;
   * labels: "positive" -> 1, anything else -> 0 (here: "negative" -> 0, other values are an error).
 
-The tokenised tensors are cached in `cache_dir(data_dir, "imdb")/<key>.pt`.
+The tokenised tensors are cached in `cache_dir("imdb")/<key>.pt` (the key names the CSV by path, size and
+modification time).
 """
 from __future__ import annotations
 
@@ -184,13 +185,13 @@ def encode(reviews: list[str], vocab: dict[str, int], seq_len: int) -> torch.Ten
     return out
 
 
-def _cache_path(csv_path: Path, num_reviews: int, vocab_size: int, seq_len: int, seed: int, data_dir: Path) -> Path:
+def _cache_path(csv_path: Path, num_reviews: int, vocab_size: int, seq_len: int, seed: int) -> Path:
     st = csv_path.stat()
     key = json.dumps(
         [CACHE_FORMAT, str(csv_path.resolve()), st.st_size, st.st_mtime_ns, num_reviews, vocab_size, seq_len, seed]
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return cache_dir(data_dir, "imdb") / f"imdb_n{num_reviews}_v{vocab_size}_L{seq_len}_s{seed}_{digest}.pt"
+    return cache_dir("imdb") / f"imdb_n{num_reviews}_v{vocab_size}_L{seq_len}_s{seed}_{digest}.pt"
 
 
 def _build(csv_path: Path, num_reviews: int, vocab_size: int, seq_len: int, seed: int) -> dict:
@@ -260,7 +261,7 @@ def load_imdb(
 
     num_val = int(math.ceil(TEST_SIZE * num_reviews))
     num_train = num_reviews - num_val
-    path = _cache_path(csv_path, num_reviews, vocab_size, seq_len, seed, data_dir)
+    path = _cache_path(csv_path, num_reviews, vocab_size, seq_len, seed)
     cached = _load_cache(path, num_train, num_val, seq_len)
     if cached is not None:
         return cached

@@ -16,7 +16,7 @@ Here the same numbers are produced without the per-sample PIL path: torchvision'
 Where the idx files are looked for (first match wins):
   1. `<data_dir>/mnist/MNIST/raw/` then `<data_dir>/MNIST/raw/`, uncompressed: used in place;
   2. the same folders with the files gzipped (`*.gz`, the layout of the shared data copy):
-     decompressed once into `cache_dir(data_dir, "mnist")/MNIST/raw/` (originals untouched);
+     decompressed once into `cache_dir("mnist")/<source>/MNIST/raw/` (originals untouched);
   3. `download=True`: torchvision's own download into `<data_dir>/mnist`.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from repro.data.paths import cache_dir
+from repro.data.paths import cache_dir, source_key
 from repro.errors import UserError
 
 RAW_FILES = (
@@ -158,7 +158,7 @@ def find_mnist_root(data_dir: str | os.PathLike) -> Path | None:
             p, gz = raw / name, raw / f"{name}.gz"
             sources.append(p if p.is_file() else gz if gz.is_file() else None)
         if all(s is not None for s in sources):
-            cache_root = cache_dir(data_dir, "mnist")
+            cache_root = cache_dir("mnist") / source_key(raw)
             cache_raw = cache_root / "MNIST" / "raw"
             cache_raw.mkdir(parents=True, exist_ok=True)
             for name, src in zip(RAW_FILES, sources):

@@ -1,4 +1,5 @@
 """Where datasets are read from and where derived caches are written."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,30 +19,31 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def cache_dir(data_dir: str | os.PathLike, name: str) -> Path:
-    """A writable folder for derived files (decompressed idx files, token tensors, processed graphs).
-
-    $GROKFAST_CACHE_DIR if set; else `<data_dir>/cache/<name>` when the data dir is writable
-    (the shared data copy is read-only, and originals are never modified); else
-    `~/.cache/grokfast-repro/<name>`.
-    """
+def cache_root() -> Path:
+    """$GROKFAST_CACHE_DIR, else $XDG_CACHE_HOME/grokfast, else ~/.cache/grokfast. Never the data folder
+    unless $GROKFAST_CACHE_DIR names it: a data folder may be shared or read-only, and as root every
+    folder looks writable."""
     env = os.environ.get(CACHE_DIR_ENV)
     if env:
-        path = Path(env) / name
-    elif _writable(Path(data_dir)):
-        path = Path(data_dir) / "cache" / name
-    else:
-        path = Path.home() / ".cache" / "grokfast-repro" / name
-    path.mkdir(parents=True, exist_ok=True)
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache") / "grokfast"
+
+
+def cache_dir(name: str) -> Path:
+    """A writable folder for one kind of derived file (decompressed idx files, token tensors, processed
+    graphs), created if needed. Its files are named after their sources, since one cache serves every
+    data folder."""
+    path = cache_root() / name
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the cache folder {path} ({exc.strerror or exc}): set {CACHE_DIR_ENV} "
+                        f"to a writable folder") from None
     return path
 
 
-def _writable(folder: Path) -> bool:
-    """Try it: os.access says yes to root even on a read-only mount."""
-    probe = folder / f".write_probe_{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-        return True
-    except OSError:
-        return False
+def source_key(path: str | os.PathLike) -> str:
+    """A short name for a source folder or file, from its absolute path: its cache entries stay apart
+    from those of another data folder."""
+    return hashlib.sha1(str(Path(path).resolve()).encode()).hexdigest()[:10]
