@@ -13,9 +13,11 @@ def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -
         check_fits(cfg, task_cls)  # before anything is allocated or written
         from repro.engine import Trainer  # after parsing, so `--help` and flag errors are instant
         trainer = Trainer(cfg, task_cls, argv)
+        if trainer.is_main:
+            print(start_line(trainer), flush=True)
         summary = trainer.run()
     except RunAlreadyFinished as exc:
-        print(f"skipped: {exc} already holds a finished run")
+        print(exc)
         return 0
     except UserError as exc:
         print("error: " + str(exc).replace("\n", "\\n"), file=sys.stderr)  # one line, whatever it quotes
@@ -31,8 +33,22 @@ def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -
         return 130 if summary["stopped"].startswith("interrupted") else 0
     keys = ("steps", "steps_to_95", "time_to_95_s", "best_val_acc", "min_val_loss", "train_step_ms",
             "wall_per_step_ms", "peak_gpu_mem_mb")
-    print(f"{trainer.out_dir}: " + ", ".join(f"{k}={summary[k]}" for k in keys if summary.get(k) is not None))
+    print(f"{trainer.out_dir}: " + ", ".join(f"{k}={_short(summary[k])}" for k in keys if summary.get(k) is not None))
     if summary["stopped"].startswith("interrupted"):
-        print(f"interrupted: resume with the same command plus --resume", file=sys.stderr)
+        print("interrupted: resume with the same command plus --resume", file=sys.stderr)
         return 130
     return 0
+
+
+def start_line(trainer) -> str:
+    """Where the run writes, how it starts, and the options that differ from the task's defaults."""
+    cfg = trainer.cfg
+    defaults = type(cfg)()
+    changed = {k: v for k, v in cfg.to_dict().items() if v != getattr(defaults, k) and k not in ("task", "resume")}
+    how = f"resuming at step {trainer.step}" if trainer.step else "starting"
+    options = " ".join(f"{k}={v}" for k, v in changed.items()) or "task defaults"
+    return f"{how} {trainer.out_dir} ({cfg.steps} steps on {trainer.device}): {options}"
+
+
+def _short(value):
+    return f"{value:.4g}" if isinstance(value, float) else value

@@ -55,9 +55,20 @@ class Distributed:
         dist.barrier()
 
 
-def setup(device: torch.device) -> tuple[torch.device, Distributed | None]:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on CUDA); on
-    CUDA each rank takes the GPU of its LOCAL_RANK unless the device names one."""
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name} requested but CUDA is not available (use --device cpu)")
+    return device
+
+
+def setup(device_name: str) -> tuple[torch.device, Distributed | None]:
+    """The device this process trains on (--device), and its place in the process group torchrun
+    describes in the environment (gloo on CPU, NCCL on CUDA); on CUDA each rank takes the GPU of its
+    LOCAL_RANK unless the device names one."""
+    device = resolve_device(device_name)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return device, None

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from repro.errors import UserError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = (0.85, 0.90, 0.95)
 
@@ -19,8 +21,11 @@ THRESHOLDS = (0.85, 0.90, 0.95)
 def atomic_write_text(path: Path, text: str) -> None:
     """Write via a temp file and rename, so a reader never sees half a file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def git_commit() -> str:
@@ -117,6 +122,20 @@ def summarize(records: list[dict], steps: int, wall_s: float, train_step_ms: flo
     return summary
 
 
+def early_stop(records: list[dict], acc: float, patience: int, streak: int = 0) -> tuple[int, str | None]:
+    """Early stopping once val_acc has held >= acc for `patience` evaluations in a row (0: never):
+    -> (the streak after `records`, given the streak before them; why to stop, or None)."""
+    if not patience or not acc:
+        return streak, None
+    for record in records:
+        if "val_acc" not in record:  # a task's per-step record without the full evaluation
+            continue
+        streak = streak + 1 if record["val_acc"] >= acc else 0
+        if streak >= patience:
+            return streak, f"early_stop: val_acc >= {acc:g} for {streak} evaluations at step {record['step']}"
+    return streak, None
+
+
 def stored_jsonl(path: Path) -> Path | None:
     """Where the log `path` is stored: itself, or gzipped beside it (`metrics.jsonl.gz`, as results/
     keeps the long ones of finished runs); None when neither exists."""
@@ -125,17 +144,32 @@ def stored_jsonl(path: Path) -> Path | None:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """Complete lines only: a line cut by a crash is ignored, not an error. Reads a gzipped copy too."""
-    records = []
+    """The records of a metrics log (or its gzipped copy). A torn last line (a crash mid-write) is
+    dropped; a bad line before it is corruption, reported in one line naming it."""
     stored = stored_jsonl(path)
-    if stored is not None:
+    if stored is None:
+        return []
+    try:
         data = stored.read_bytes()
-        text = (gzip.decompress(data) if stored.suffix == ".gz" else data).decode()
-        for line in text.splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
+        if stored.suffix == ".gz":
+            data = gzip.decompress(data)
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UserError(f"cannot read {stored}: {exc}") from None
+    lines = data.split(b"\n")
+    if lines and not lines[-1].strip():
+        lines.pop()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line.decode())
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except (UnicodeDecodeError, ValueError):
+            if number == len(lines):  # torn by a crash mid-write: that evaluation is simply lost
                 break
+            raise UserError(f"{stored} line {number} is not a JSON record: the log is corrupted "
+                            f"(nothing was changed)") from None
+        records.append(record)
     return records
 
 
@@ -152,11 +186,14 @@ class MetricsLog:
         if not self.write:
             self.records.extend(records)
             return
-        with self.path.open("a") as f:
-            for record in records:
-                f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with self.path.open("a") as f:
+                for record in records:
+                    f.write(json.dumps(record) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {exc.strerror or exc}") from None
         self.records.extend(records)
 
     def truncate_to(self, count: int) -> None:

@@ -43,13 +43,14 @@ class Clock:
 
 
 class StepTimer:
-    """Sums the duration of training steps (not evaluations) between syncs."""
+    """Sums the durations of timed spans (training steps, or evaluations) between syncs; a resumed run
+    starts from the totals of its earlier segments."""
 
-    def __init__(self, clock: Clock):
+    def __init__(self, clock: Clock, total_s: float = 0.0, count: int = 0):
         self.clock = clock
         self.pending: list[tuple] = []
-        self.total_s = 0.0
-        self.count = 0
+        self.total_s = total_s
+        self.count = count
 
     def begin(self):
         return self.clock.mark()
@@ -63,6 +64,9 @@ class StepTimer:
             self.total_s += self.clock.between(a, b)
         self.count += len(self.pending)
         self.pending.clear()
+
+    def totals(self) -> tuple[float, int]:
+        return self.total_s, self.count
 
     @property
     def mean_ms(self) -> float | None:

@@ -22,7 +22,7 @@ def main(out: Path) -> None:
         cfg = load_config(ModularConfig, flags + ["--out_dir", str(out / f"run{i}")])
         trainer = Trainer(cfg, ModularTask)
         trainer.run()
-        torch.save({"model": trainer.model.state_dict(), "filter": trainer.filter.state_dict()["state"],
+        torch.save({"model": trainer.runner.model.state_dict(), "filter": trainer.runner.filter.state_dict()["state"],
                     "world_size": trainer.dist.world_size}, out / f"run{i}_rank{rank}.pt")
     distributed.shutdown()
 

@@ -85,9 +85,9 @@ def test_equals_one_process_on_the_global_batch(ddp_runs, tmp_path):
     single = Trainer(cfg, ModularTask)
     single.run()
     ddp = load(ddp_runs, 0, 0)
-    for name, value in single.model.state_dict().items():
+    for name, value in single.runner.model.state_dict().items():
         torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=1e-6)
-    for name, st in single.filter.state.items():
+    for name, st in single.runner.filter.state.items():
         torch.testing.assert_close(ddp["filter"][name]["ema"], st["ema"], rtol=0, atol=1e-6)
     # rank 0 alone wrote the run folder: the same evaluations, once each
     records = [json.loads(line) for line in (ddp_runs / "run0" / "metrics.jsonl").read_text().splitlines()]

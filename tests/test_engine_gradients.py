@@ -39,7 +39,7 @@ def trainer(tmp_path, *flags) -> Trainer:
 
 def full_batch_grads(t: Trainer, params: list[torch.Tensor], step: int) -> list[torch.Tensor]:
     """fp32 gradient of the whole batch of `step` at `params`, on a copy of the model."""
-    ref = copy.deepcopy(t.model)
+    ref = copy.deepcopy(t.runner.model)
     with torch.no_grad():
         for p, value in zip(ref.parameters(), params):
             p.copy_(value)
@@ -76,7 +76,7 @@ def test_accumulation_matches_one_big_batch(tmp_path, calls):
     one.run()
     two = trainer(tmp_path / "two", *flags, "--grad_accum_steps", "2")
     two.run()
-    for a, b in zip(one.model.parameters(), two.model.parameters()):
+    for a, b in zip(one.runner.model.parameters(), two.runner.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
@@ -96,7 +96,7 @@ def test_filter_sees_clipped_gradients(tmp_path, calls):
 def test_fp16_filter_sees_unscaled_gradients(tmp_path, calls):
     t = trainer(tmp_path, "--amp", "fp16", "--max_steps", "3")
     t.run()
-    assert t.precision.scaler is not None and t.precision.scaler.get_scale() >= 2.0**10
+    assert t.runner.precision.scaler is not None and t.runner.precision.scaler.get_scale() >= 2.0**10
     assert len(calls) == 3
     for step, (grads, params) in enumerate(calls):
         want = full_batch_grads(t, params, step)
@@ -108,19 +108,19 @@ def test_fp16_overflow_steps_skip_the_filter_and_the_optimizer(tmp_path, calls):
     """With a huge initial scale the first steps overflow: the scaler skips them, and the filter (run
     inside the optimizer step) neither sees nor records their inf gradients."""
     t = trainer(tmp_path, "--amp", "fp16", "--max_steps", "6", "--clip_grad_norm", "1.0")
-    t.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)  # overflows the first steps
+    t.runner.precision.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**20)  # overflows the first steps
     t.run()
     assert 0 < len(calls) < 6
     for grads, _ in calls:
         assert torch.isfinite(flat(grads)).all()
-    assert all(torch.isfinite(st["ema"]).all() for st in t.filter.state.values())
-    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    assert all(torch.isfinite(st["ema"]).all() for st in t.runner.filter.state.values())
+    assert all(torch.isfinite(p).all() for p in t.runner.model.parameters())
 
 
 def test_bf16_autocast_gives_the_filter_finite_gradients_of_the_right_size(tmp_path, calls):
     t = trainer(tmp_path, "--amp", "bf16", "--max_steps", "3", "--grad_accum_steps", "2")
     t.run()
-    assert t.precision.scaler is None and len(calls) == 3
+    assert t.runner.precision.scaler is None and len(calls) == 3
     for step, (grads, params) in enumerate(calls):
         assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
         want = full_batch_grads(t, params, step)
@@ -141,9 +141,9 @@ def test_skip_policy_skips_filter_and_optimizer(tmp_path, calls):
 
     t.task.loss_and_sums = loss_and_sums
     updates = []
-    t.optimizer.register_step_post_hook(lambda *args: updates.append(1))
+    t.runner.optimizer.register_step_post_hook(lambda *args: updates.append(1))
     t.run()
-    assert len(calls) == 3 and len(updates) == 3 and t.skipped_steps == 1 and t.step == 4
+    assert len(calls) == 3 and len(updates) == 3 and t.runner.skipped_steps == 1 and t.step == 4
 
 
 def test_padding_micro_batches_count_in_no_training_metric(tmp_path):

@@ -96,7 +96,7 @@ def test_train_metrics_are_the_epochs_batch_means_before_each_update(tmp_path):
     cfg = load_config(ModularConfig, ["--p", "13", "--batch_size", "32", "--max_steps", "22", "--device", "cpu",
                                       "--progress", "false", "--out_dir", str(tmp_path / "run")])
     trainer = Trainer(cfg, ModularTask)
-    model = copy.deepcopy(trainer.model)
+    model = copy.deepcopy(trainer.runner.model)
     trainer.run()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
 
@@ -147,14 +147,14 @@ def test_cuda_graphs_give_the_eager_runs_metrics(tmp_path):
 
     Trainer(config("eager", "--cuda_graphs", "false"), ModularTask).run()
     cut = Trainer(config("graphed"), ModularTask)
-    train_step = cut._train_step
+    train_step = cut.runner.train_step
 
     def stop_after_update_25(step):
         if step == 24:
             cut.interrupted = "SIGINT"  # as Ctrl-C: the run flushes, checkpoints and stops after this update
         return train_step(step)
 
-    cut._train_step = stop_after_update_25
+    cut.runner.train_step = stop_after_update_25
     assert cut.run()["stopped"].startswith("interrupted") and cut.step == 25
     Trainer(config("graphed", "--resume", "true"), ModularTask).run()
     eager, graphed = records("eager"), records("graphed")

@@ -73,6 +73,7 @@ def test_peak_gpu_memory_covers_every_segment(tmp_path, monkeypatch):
     """A resumed run's peak is the larger of the checkpoint's and this segment's (here a fake CUDA
     device: the counter is patched, the arithmetic is the engine's)."""
     from repro.config import load_config
+    from repro import checkpoint as ckpt
     from repro.engine import Trainer
     from repro.tasks.modular import ModularConfig, ModularTask
 
@@ -82,21 +83,21 @@ def test_peak_gpu_memory_covers_every_segment(tmp_path, monkeypatch):
     trainer.device = torch.device("cuda")
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 100 * 2**20)
     assert trainer._peak_gpu_mem_mb() == 100.0  # a fresh run: this segment's
-    trainer.resumed_peak_mb = 250.0  # as _load_state sets it from a checkpoint
+    trainer.previous["peak_gpu_mem_mb"] = 250.0  # as a resume sets it from the checkpoint
     assert trainer._peak_gpu_mem_mb() == 250.0
-    trainer.resumed_peak_mb = 50.0
+    trainer.previous["peak_gpu_mem_mb"] = 50.0
     assert trainer._peak_gpu_mem_mb() == 100.0
     # the checkpoint carries the peak, and a resume reads it back
     trainer.device = torch.device("cpu")
     trainer.run()
     path = tmp_path / "run" / "checkpoint.pt"
-    state = torch.load(path, weights_only=False)
+    state = ckpt.load(path, torch.device("cpu"))
     assert "peak_gpu_mem_mb" in state
     state["peak_gpu_mem_mb"] = 300.0
-    torch.save(state, path)
-    resumed = Trainer(load_config(ModularConfig, [*ARGS, "--out_dir", str(tmp_path / "run"), "--resume", "true"]),
-                      ModularTask)
-    assert resumed.resumed_peak_mb == 300.0
+    ckpt.save(state, path)
+    resumed = Trainer(load_config(ModularConfig, [*ARGS, "--budget", "80", "--out_dir", str(tmp_path / "run"),
+                                                  "--resume", "true"]), ModularTask)
+    assert resumed.previous["peak_gpu_mem_mb"] == 300.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")

@@ -42,19 +42,6 @@ class Task:
         """Training metrics (0-dim tensors) from the batch sums of the updates since the last evaluation."""
         return {}
 
-    def carries_eval(self, step: int) -> bool:
-        """Whether update step + 1, which sees the parameters the evaluation after `step` updates sees,
-        also runs that evaluation's forward: train_batch(step, carry=step) then appends its inputs and
-        loss_and_sums() returns its results after the batch's own sums (see split_carried). The engine
-        decides this by step alone, so a run's training does not depend on when it flushes or stops; an
-        evaluation at a flush, a checkpoint or a segment's last step runs by itself (the next update's
-        rows for it go unused). Default: never."""
-        return False
-
-    def split_carried(self, sums: torch.Tensor) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """A carrying update's sums -> (its own batch sums or None, the carried evaluation's results)."""
-        raise NotImplementedError
-
     def is_eval_step(self, step: int) -> bool:
         """Whether to evaluate after `step` updates (1-based)."""
         raise NotImplementedError

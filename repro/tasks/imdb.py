@@ -11,8 +11,6 @@ Two kinds of validation, both logged:
 - `val_batch_acc` / `val_batch_loss` (every step): the reference's protocol, one random batch of 50
   validation reviews after each update (`next(iter(valid_loader))` with shuffle=True: 50 distinct
   reviews). The paper's IMDb "best val acc / min val loss" are the max / min of these noisy values.
-  Off the grid this batch is evaluated in the next update's forward, which sees the same parameters
-  (carries_eval; see Task.carries_eval).
 - `val_acc` / `val_loss` / `train_acc` / `train_loss` (at step 1, every `eval_every` steps and the
   last step): the whole validation (250) and training (750) splits. Records of other steps lack
   these keys (the engine allows key sets to differ between evaluations).
@@ -173,7 +171,6 @@ class ImdbTask(Task):
         # a training batch is one tensor, tokens then the 0/1 label as a last column: the engine's CUDA
         # graphs copy a batch into a static tensor (see repro/graphs.py)
         self.train_rows = torch.cat([self.x_train, self.y_train.long()[:, None]], dim=1)
-        self.val_rows = torch.cat([self.x_val, self.y_val.long()[:, None]], dim=1)
         self.vocab_size = len(data["vocab"]) + 1  # + padding index 0, as the reference
         n_train, n_val = len(self.y_train), len(self.y_val)
         if cfg.batch_size > n_val:
@@ -190,36 +187,12 @@ class ImdbTask(Task):
         self.last_step = cfg.steps
 
     # ---- training -----------------------------------------------------------------------------
-    def train_batch(self, step: int, carry: int | None = None) -> torch.Tensor:
-        """(batch_size, seq_len + 1) long: the tokens, then the label; with `carry`, the validation batch
-        of the evaluation after `carry` updates appended (batch_size more rows, see carries_eval)."""
-        rows = self.train_rows[self.batches(step)]
-        return rows if carry is None else torch.cat([rows, self.val_rows[self.val_batch_indices(carry)]])
+    def train_batch(self, step: int) -> torch.Tensor:
+        """(batch_size, seq_len + 1) long: the tokens, then the label."""
+        return self.train_rows[self.batches(step)]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return self.loss_and_sums(batch)[0]
-
-    def loss_and_sums(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The training rows' mean BCE; for a batch that carries a validation batch (its rows beyond
-        batch_size: a training batch never has more), that batch's [loss, accuracy] as the sums."""
-        n_train = len(batch) - self.cfg.batch_size if len(batch) > self.cfg.batch_size else len(batch)
-        prob, target = self.model(batch[:, :-1]), batch[:, -1].float()
-        loss = bce(prob[:n_train], target[:n_train])
-        if n_train == len(batch):
-            return loss, None
-        loss_sum, correct = self._sums(prob[n_train:].detach(), target[n_train:])
-        n_val = len(batch) - n_train
-        return loss, torch.stack([loss_sum / n_val, correct / n_val])  # as _metrics computes them
-
-    def carries_eval(self, step: int) -> bool:
-        """The per-step validation batch rides on the next update's forward (the same parameters): one
-        100-row LSTM forward instead of two 50-row ones, each a chain of ~2,000 small kernels through
-        the 500 time steps (on an H100 shared by the reproduction's 42 runs, IMDb's pace followed its
-        kernel count). The whole-split evaluations run by themselves."""
-        return not self.is_grid_step(step)
-
-    def split_carried(self, sums: torch.Tensor) -> tuple[None, dict[str, torch.Tensor]]:
-        return None, {"val_batch_loss": sums[0], "val_batch_acc": sums[1]}
+        return bce(self.model(batch[:, :-1]), batch[:, -1].float())
 
     # ---- evaluation ---------------------------------------------------------------------------
     def is_eval_step(self, step: int) -> bool:
