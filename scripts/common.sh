@@ -3,10 +3,11 @@
 # skipped run says so ("[skipped, ...]"), and runs go to runs/ (git-ignored) unless --results says
 # otherwise, so the committed runs in results/ never stand in for yours.
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"  # the calling script, wherever it was called from
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 usage() {  # the calling script's header comment, then the options every reproduce script takes
-  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"
+  sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$SELF"
   cat <<EOF
 
 usage: $0 [--seeds "0 1 2"] [--device auto|cpu|cuda] [--jobs 4] [--results runs] [--print]

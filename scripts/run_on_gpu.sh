@@ -18,8 +18,9 @@
 #   per step at 25%. "" turns it off.
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")/.."
-usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$0"; }
+usage() { sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$SELF"; }
 needs_value() {  # option, number of arguments left
   if [ "$2" -lt 2 ]; then echo "run_on_gpu.sh: $1 needs a value (see --help)" >&2; exit 2; fi
 }

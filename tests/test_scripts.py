@@ -19,7 +19,9 @@ def bash(script: str, *args: str, env: dict | None = None, timeout: float = 60) 
 @pytest.mark.parametrize("script", COMMANDS)
 @pytest.mark.parametrize("flag", ["-h", "--help"])
 def test_every_script_answers_help_with_its_usage(script, flag):
-    result = bash(script, flag)
+    # called by a relative path from another folder than the repository's (the scripts cd there)
+    result = subprocess.run(["bash", f"./{script}", flag], cwd=REPO / "scripts", capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0 and not result.stderr, result.stderr
     first_comment = (REPO / "scripts" / script).read_text().splitlines()[1].lstrip("# ")
     assert result.stdout.startswith(first_comment)  # the script's own header says what it does
