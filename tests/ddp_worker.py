@@ -1,8 +1,10 @@
 """Run by tests/test_ddp.py under torchrun (not a test itself): trains the modular task once per flag
 list in <out>/runs.json, saving this rank's parameters and filter state after each. (The flags travel
 in a file: torchrun's own parser would take `--p` for an abbreviation of one of its options.)"""
+import faulthandler
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -18,6 +20,8 @@ from repro.tasks.modular import ModularConfig, ModularTask  # noqa: E402
 
 def main(out: Path) -> None:
     rank = os.environ["RANK"]
+    # a hung rank, stopped by the test's SIGTERM (torchrun passes it on), prints where it waited
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
     for i, flags in enumerate(json.loads((out / "runs.json").read_text())):
         cfg = load_config(ModularConfig, flags + ["--out_dir", str(out / f"run{i}")])
         trainer = Trainer(cfg, ModularTask)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,9 @@ COMMON = ["--p", "23", "--batch_size", "64", "--dim", "32", "--num_heads", "2", 
 # near-zero gradient entry into a step of size lr, so two correct runs differ by ~lr there
 SGD = ["--optimizer", "SGD", "--lr", "0.1", "--momentum", "0.9"]
 ADAM = ["--optimizer", "Adam", "--lr", "1e-3", "--grad_accum_steps", "2", "--clip_grad_norm", "0.5"]
-TIMEOUT_S = 240  # both runs take ~5 s alone, ~35 s with the 2 cores shared by 8 ranks
+# both runs take ~10 s alone, ~50 s beside 6 busy processes and ~105 s beside 14 on 2 cores; the
+# limit only has to catch a hang (whose ranks then print their stacks, see ddp_worker.py)
+TIMEOUT_S = 600
 
 
 @pytest.fixture(scope="module")
@@ -36,12 +39,14 @@ def ddp_runs(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # the output goes to files, not pipes: all of it can be read even when the run has to be stopped
     with (out / "torchrun.out").open("w") as stdout, (out / "torchrun.err").open("w") as stderr:
+        start = time.monotonic()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=stdout, stderr=stderr)
         try:
             proc.wait(timeout=TIMEOUT_S)
-            failure = f"exited with status {proc.returncode}" if proc.returncode else None
+            failure = (f"exited with status {proc.returncode} after {time.monotonic() - start:.0f} s"
+                       if proc.returncode else None)
         except subprocess.TimeoutExpired:
-            failure = f"was still running after {TIMEOUT_S} s"
+            failure = f"was still running after {TIMEOUT_S} s (the ranks' stacks are in its stderr)"
         finally:  # also on Ctrl-C
             stop(proc)
     if failure:
