@@ -13,10 +13,11 @@ and member i's tensor data swapped in. A member's tensor data are the task attri
 tensors and differ between members (mod-97's seed-dependent train/val split; MNIST has none: every
 seed reads the same images). Anything else the task reads in those calls (its config, its model's
 buffers) must be equal across members. mod-97 and MNIST stack (STACKABLE_TASKS); IMDb and QM9 do not
-(NOT_STACKABLE says why). Backward of the summed member losses gives each member its
-own gradient in flat.grad: members share no parameter, so d(sum_j loss_j)/d(row i) = d(loss_i)/d(row i).
+(NOT_STACKABLE says why). Backward of the summed member losses gives each member its own gradient in
+flat.grad: members share no parameter, so d(sum_j loss_j)/d(row i) = d(loss_i)/d(row i).
 
 A loop's step (clip -> filter -> optimizer step, as the solo engine):
+    optimizer.set_lr_factor(warmup_factor)              # during warm-up only, as the solo engine
     batch = population.train_batch(step)                # member i's batch is tasks[i].train_batch(step)
     losses, sums = population.forward_backward(batch)   # [M], [M, k] or None; gradients in flat.grad
     active &= population.finite_members(losses)         # a diverged member stops, the others go on
