@@ -17,8 +17,9 @@ computed from them in float64 too, then cast to the parameter's dtype and broadc
 columns. torch's `x.add(y, alpha=a)` is written torch.addcmul(x, y, a) and its `addcdiv(value=s)` as
 addcdiv(p, s*m, d): on the x86 CPU tried these round as torch's own ops (bitwise equal over three
 steps; tests/test_population_optim.py requires 1e-6), so a member differs from torch.optim only
-where its gradients do. On CUDA the solo engine uses fused Adam, which rounds differently anyway. A member with momentum 0 needs no
-buffer (torch keeps none): 0*b + g == g exactly, so it steps with g as torch does.
+where its gradients do. On CUDA the solo engine uses fused Adam, which rounds differently anyway.
+A member with momentum 0 needs no buffer (torch keeps none): 0*b + g == g exactly, so it steps with
+g as torch does.
 
 `step(active)`: members with active False keep their parameters, state and step count unchanged
 (torch.where on the results, so a non-finite gradient of a stopped member cannot leak in). Warm-up:
