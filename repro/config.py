@@ -23,6 +23,7 @@ NONFINITE_POLICIES = ("stop", "skip")
 AMP_MODES = ("none", "fp16", "bf16")
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 MAX_SEED = 2**32  # seeds feed generators as seed * 1_000_003 + epoch, which must fit in 64 bits
+FLOAT32_MAX = 3.4028234663852886e38  # parameters are float32: a larger step size overflows in the update
 
 
 @dataclass(frozen=True)
@@ -153,6 +154,8 @@ class Config:
         ]
         checks += [("\0" not in getattr(self, f.name), f"{f.name} must not contain a NUL character")
                    for f in user_fields(type(self)) if _field_type(f) is str]
+        checks += [(abs(getattr(self, name)) <= FLOAT32_MAX, f"{name} must be at most {FLOAT32_MAX:.3g} (float32)")
+                   for name in ("lr", "weight_decay", "momentum", "lamb")]
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid config: {message}")

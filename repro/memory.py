@@ -12,6 +12,7 @@ of an allocator traceback after minutes of building. The estimate adds up:
 The same numbers serve a sweep runner that packs runs onto one device (`estimate_bytes`).
 """
 import os
+from decimal import Decimal
 from pathlib import Path
 from typing import NamedTuple
 
@@ -123,12 +124,17 @@ def _cgroup_headroom() -> list[int]:
     return out
 
 
-def format_bytes(n: int | float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"):
-        if abs(n) < 1024 or unit == "YiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+def format_bytes(n: int) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB")
+    power = min(max(n.bit_length() - 1, 0) // 10, len(units) - 1)
+    if power == 0:
+        return f"{n} B"
+    return f"{_number(Decimal(n) / 1024**power)} {units[power]}"
+
+
+def _number(x: Decimal | int) -> str:
+    """Three significant digits, also beyond a float's range (--num_layers 1e308 is an int)."""
+    return f"{float(x):.3g}" if abs(x) < 10**300 else f"{Decimal(x):.2e}"
 
 
 def check_fits(cfg, task_cls) -> None:
@@ -150,7 +156,7 @@ def check_fits(cfg, task_cls) -> None:
     device = "cpu" if device_type == "cpu" else f"cuda:{index}"
     largest = sorted(((v, k) for k, v in parts.items() if v), reverse=True)[:3]
     detail = ", ".join(f"{k} {format_bytes(v)}" for v, k in largest)
-    params = parts["parameters"] // FLOAT
+    params = _number(parts["parameters"] // FLOAT)
     raise UserError(f"this run needs about {format_bytes(needed)} of memory on {device} ({detail}; "
-                    f"{params:.3g} parameters), but only {format_bytes(available)} is available: "
+                    f"{params} parameters), but only {format_bytes(available)} is available: "
                     f"reduce the sizes in the config")

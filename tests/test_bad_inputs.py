@@ -37,6 +37,11 @@ CASES = [
     ("main.py", ["--lamb", "nan"], "lamb must be finite"),
     ("main.py", ["--momentum", "inf"], "momentum must be a finite number"),
     ("main.py", ["--weight_decay", "-0.1"], "weight_decay must be >= 0"),
+    # beyond float32, the parameters' type, a step overflows in the optimizer or the filter
+    ("main.py", ["--lr", "1e39"], "lr must be at most 3.4e+38 (float32)"),
+    ("main.py", ["--weight_decay", "1e39"], "weight_decay must be at most 3.4e+38 (float32)"),
+    ("main.py", ["--filter", "ema", "--lamb", "1e39"], "lamb must be at most 3.4e+38 (float32)"),
+    ("main_imdb.py", ["--init_scale", "1e39"], "init_scale must be a positive number at most 3.4e+38"),
     ("main.py", ["--seed", "-1"], "seed must be in"),
     ("main.py", ["--early_stop_acc", "2"], "early_stop_acc must be in [0, 1]"),
     ("main.py", ["--on_nonfinite", "ignore"], "on_nonfinite must be one of"),
@@ -69,9 +74,9 @@ CASES = [
     ("main_mnist.py", ["--config", "{yaml:p: 97\n}"], "unknown config file"),  # another task's option
     ("main_qm9.py", ["--config", "{yaml:init_scale: [3]\n}"], "'init_scale' must be float"),
     # run folder
-    ("main.py", ["--resume"], "--resume: no checkpoint in"),
+    ("main.py", ["--resume"], "--resume: no run in"),
     ("main.py", ["--out_dir", "{file}"], "exists and is not a directory"),
-    ("main.py", ["--resume", "--out_dir", "{corrupt_checkpoint}"], "cannot read checkpoint"),
+    ("main.py", ["--resume", "--out_dir", "{corrupt_checkpoint}"], "checkpoint.pt is unusable"),
     # task options
     ("main_mnist.py", ["--train_points", "0"], "train_points must be in"),
     ("main_mnist.py", ["--activation", "swish"], "activation must be one of"),

@@ -126,6 +126,7 @@ ABSURD = [
     ("main.py", ["--config", "{yaml}"]),
     ("main.py", ["--dim", "1000000"]),
     ("main.py", ["--num_layers", "1000000"]),
+    ("main.py", ["--num_layers", "1e308"]),  # an int beyond a float's range
     ("main_imdb.py", ["--seq_len", "1000000000"]),
     ("main_imdb.py", ["--hidden_dim", "1000000"]),
     ("main_mnist.py", ["--width", "10000000"]),

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.config import Config
+from repro.config import FLOAT32_MAX, Config
 from repro.data.imdb import load_imdb
 from repro.data.paths import resolve_data_dir
 from repro.errors import UserError
@@ -78,8 +78,8 @@ class ImdbConfig(Config):
             raise UserError("invalid config: vocab_size and seq_len must be >= 1")
         if self.embedding_dim < 1 or self.hidden_dim < 1 or self.num_layers < 1:
             raise UserError("invalid config: embedding_dim, hidden_dim and num_layers must be >= 1")
-        if not (self.init_scale > 0 and self.init_scale < float("inf")):
-            raise UserError("invalid config: init_scale must be a positive finite number")
+        if not 0 < self.init_scale <= FLOAT32_MAX:  # beyond it the float32 parameters start infinite
+            raise UserError(f"invalid config: init_scale must be a positive number at most {FLOAT32_MAX:.3g}")
         if self.eval_every < 1:
             raise UserError("invalid config: eval_every must be >= 1")
         if self.eval_chunk < 1:

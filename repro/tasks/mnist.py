@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.config import Config
+from repro.config import FLOAT32_MAX, Config
 from repro.data.mnist import load_mnist
 from repro.data.paths import resolve_data_dir
 from repro.errors import UserError
@@ -99,8 +99,8 @@ class MnistConfig(Config):
             raise UserError("invalid config: width must be >= 1")
         if self.activation.lower() not in ACTIVATIONS:
             raise UserError("invalid config: activation must be one of ReLU, Tanh, Sigmoid, GELU")
-        if not (self.init_scale > 0 and self.init_scale < float("inf")):
-            raise UserError("invalid config: init_scale must be a positive finite number")
+        if not 0 < self.init_scale <= FLOAT32_MAX:  # beyond it the float32 parameters start infinite
+            raise UserError(f"invalid config: init_scale must be a positive number at most {FLOAT32_MAX:.3g}")
         if self.loss_function not in LOSS_FUNCTIONS:
             raise UserError(f"invalid config: loss_function must be one of {', '.join(LOSS_FUNCTIONS)}")
         if self.eval_every < 0:

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from repro.config import Config
+from repro.config import FLOAT32_MAX, Config
 from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
@@ -134,8 +134,8 @@ class Qm9Config(Config):
         super().validate()
         if not 0 <= self.target < NUM_TARGETS:
             raise UserError(f"invalid config: target must be in [0, {NUM_TARGETS})")
-        if not (self.init_scale > 0 and self.init_scale < float("inf")):
-            raise UserError("invalid config: init_scale must be a positive finite number")
+        if not 0 < self.init_scale <= FLOAT32_MAX:  # beyond it the float32 parameters start infinite
+            raise UserError(f"invalid config: init_scale must be a positive number at most {FLOAT32_MAX:.3g}")
         if self.features not in FEATURE_MODES:
             raise UserError(f"invalid config: features must be one of {', '.join(FEATURE_MODES)}")
         if self.eval_every < 0:
