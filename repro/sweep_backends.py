@@ -114,6 +114,8 @@ def connect_ray(address: str | None) -> bool:
     if ray.is_initialized():
         return False
     ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    if threading.current_thread() is threading.main_thread():  # ray.init leaves Ctrl-C ignored
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     return True
 
 

@@ -141,9 +141,11 @@ def main(argv=None) -> int:
             devices = local_devices(args.devices, check=not args.dry_run)
         plan = make_plan(sweep, sweep_dir, todo, devices, args.per_device, args.max_group,
                          {d: device_bytes(d) for d in devices})
+        where = (f"Ray ({plan.kind})" if args.backend == "ray"
+                 else ", ".join(f"{d} ({n} at once)" for d, n in plan.slots.items()))
         print(f"sweep {sweep.name}: {len(sweep.members)} members, {len(sweep.members) - len(todo)} finished; "
-              f"{len(todo)} to run in {len(plan.groups)} groups as {len(plan.jobs)} commands on "
-              f"{', '.join(f'{d} ({n} at once)' for d, n in plan.slots.items())}; folder {sweep_dir}")
+              f"{len(todo)} to run in {len(plan.groups)} groups as {len(plan.jobs)} commands on {where}; "
+              f"folder {sweep_dir}")
         if args.dry_run:
             for job in plan.jobs:
                 print(shlex.join(job.command))

@@ -1,5 +1,6 @@
 """Packing members into groups, groups into commands, commands onto devices (no GPU needed)."""
 import importlib.util
+import shlex
 import sys
 from pathlib import Path
 
@@ -118,3 +119,28 @@ def test_plan_spreads_a_sweep_over_two_fake_gpus(tmp_path):
 
 def test_children_keep_nvlink_multicast_off():
     assert CHILD_ENV == {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def test_a_child_starts_with_signals_unblocked_and_the_nvlink_settings(tmp_path):
+    """A Ray worker blocks SIGINT; its children must not inherit that, or Ctrl-C could not stop them."""
+    import signal
+    import threading
+
+    from repro.sweep_child import start_child
+
+    log = tmp_path / "child.log"
+    code = ("import os, signal; print(sorted(signal.pthread_sigmask(signal.SIG_BLOCK, [])), "
+            "os.environ['NCCL_NVLS_ENABLE'], os.environ['NVSHMEM_DISABLE_NVLS'])")
+    result = {}
+
+    def start_with_sigint_blocked():  # the mask is per thread: block it in this one only
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        result["rc"] = start_child([sys.executable, "-c", code], str(log), str(tmp_path)).wait(timeout=60)
+
+    thread = threading.Thread(target=start_with_sigint_blocked)
+    thread.start()
+    thread.join()
+    assert result["rc"] == 0
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("# ") and lines[0].endswith(shlex.join([sys.executable, "-c", code]))
+    assert lines[-1] == "[] 0 1"
