@@ -13,6 +13,7 @@ their last checkpoint (set checkpoint_every in the sweep to bound what a crash l
 Exit status: 0 all finished, 1 some member did not finish, 2 bad input, 130 interrupted.
 """
 import argparse
+import fcntl
 import re
 import shlex
 import signal
@@ -101,6 +102,16 @@ def ray_device(requested: list[str] | None) -> str:
     return "cuda" if ray.cluster_resources().get("GPU", 0) > 0 else "cpu"
 
 
+def hold_lock(sweep_dir: Path):
+    """One runner per sweep folder: a second would start the same members into the same folders."""
+    handle = open(sweep_dir / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(f"another sweep.py is running the sweep in {sweep_dir}") from None
+    return handle
+
+
 @dataclass
 class Plan:
     groups: list
@@ -125,12 +136,13 @@ def make_plan(sweep, sweep_dir: Path, todo: list, devices: list[str], per_device
 
 
 def main(argv=None) -> int:
-    ray_started = False
+    ray_started, lock = False, None
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         sweep = load_sweep(args.sweep_file)
         sweep_dir = sweep.folder(Path(args.results_dir).resolve())
         store_or_check_spec(sweep, sweep_dir, write=not args.dry_run)
+        lock = None if args.dry_run else hold_lock(sweep_dir)
         todo = [m for m in sweep.members if not is_finished(sweep_dir / m.name)]
         if args.backend == "ray" and not args.dry_run:
             ray_started = connect_ray(args.address)
@@ -162,6 +174,8 @@ def main(argv=None) -> int:
         print("interrupted before any run started", file=sys.stderr)
         return 130
     finally:
+        if lock:
+            lock.close()
         if ray_started:
             import ray
 
