@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Figures of a sweep: steps to a validation-accuracy threshold over the swept settings.
 
-    python scripts/plot_sweep.py results/sweeps/alpha_lamb_wd0.005            # threshold 0.95
-    python scripts/plot_sweep.py results/sweeps/tiny --threshold 0.15 --x lamb --y weight_decay
+    python scripts/plot_sweep.py runs/sweeps/alpha_lamb_wd0.005            # threshold 0.95
+    python scripts/plot_sweep.py runs/sweeps/tiny --threshold 0.1 --x lamb --y weight_decay
 
 Writes into the sweep folder:
   heatmap_steps_to_<pct>.png  two swept settings as the axes (one panel per value of any others); each cell
@@ -229,14 +229,19 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
     return paths
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, as the entry points
+        raise UserError(f"bad command line: {message}")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--threshold", type=float, default=0.95, help="validation accuracy, a fraction")
     parser.add_argument("--x", default=None, help="swept setting along x (default: the first swept)")
     parser.add_argument("--y", default=None, help="swept setting along y / the lines (default: the next)")
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         if not 0 < args.threshold <= 1:
             raise UserError("--threshold must be in (0, 1]")
         for path in plot_sweep(args.sweep_dir, args.threshold, args.x, args.y):

@@ -5,11 +5,12 @@
     python scripts/sweep.py configs/sweeps/alpha_lamb_wd0.005.yaml                # every visible GPU
     python scripts/sweep.py configs/sweeps/alpha_lamb_wd0.005.yaml --backend ray --address HOST:6379
 
-The sweep file's format is in repro/sweep_spec.py. Output: <results_dir>/sweeps/<name>/ holds a run
-folder per member (named as the solo run's), sweep.yaml (the expanded sweep, which a later invocation
-must match), sweep.csv (a row per member), configs/ (each member's config file) and logs/ (each
-command's output). Running the same command again skips finished members and resumes the others from
-their last checkpoint (set checkpoint_every in the sweep to bound what a crash loses).
+The sweep file's format is below. Output: <results_dir>/sweeps/<name>/ (results_dir: runs/ by default,
+git-ignored) holds a run folder per member (named as its solo run's), sweep.yaml (the expanded sweep,
+which a later invocation must match), sweep.csv (a row per member), configs/ (each member's config file)
+and logs/ (each command's output). The same command again skips finished members and resumes the others
+from their last checkpoint (checkpoint_every in the sweep bounds what a crash loses); Ctrl-C lets the
+running members save a checkpoint first. Figures: scripts/plot_sweep.py.
 Exit status: 0 all finished, 1 some member did not finish, 2 bad input, 130 interrupted.
 """
 import argparse
@@ -27,6 +28,7 @@ from repro.errors import UserError  # noqa: E402
 from repro.sweep_backends import Progress, connect_ray, run_local, run_ray  # noqa: E402
 from repro.sweep_pack import (USABLE_FRACTION, assign_devices, device_type, group_commands, pack,  # noqa: E402
                               slots, write_member_configs)
+from repro import sweep_spec  # noqa: E402
 from repro.sweep_spec import load_sweep, store_or_check_spec  # noqa: E402
 from repro.sweep_table import is_finished, write_table  # noqa: E402
 
@@ -40,8 +42,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv):
-    parser = _Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("sweep_file")
+    parser = _Parser(description=f"{__doc__}\nThe sweep file (repro/sweep_spec.py):\n\n{sweep_spec.__doc__.split(chr(10), 2)[2]}",
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("sweep_file", help="a sweep file, e.g. configs/sweeps/tiny.yaml")
     parser.add_argument("--backend", choices=("local", "ray"), default="local")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: a new local one)")
     parser.add_argument("--devices", nargs="+", default=None,
@@ -49,7 +52,8 @@ def parse_args(argv):
     parser.add_argument("--per_device", type=int, default=None,
                         help="jobs at once per device, fewer if memory is short (default: 8 on a GPU, 1 on cpu)")
     parser.add_argument("--max_group", type=int, default=64, help="members per population at most")
-    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--results_dir", default="runs",
+                        help="default runs/ (git-ignored), as the reproduce scripts; results/ for committed runs")
     parser.add_argument("--dry_run", action="store_true", help="print the plan; run and write nothing")
     parser.add_argument("--progress", default="true", choices=("true", "false"))
     args = parser.parse_args(argv)
