@@ -254,3 +254,19 @@ def test_a_bad_value_in_a_row_no_run_reads_is_no_error(tmp_path, table):
     (tmp_path / "qm9").mkdir()
     rows.to_csv(tmp_path / "qm9" / "qm9_first10k.csv", index=False)
     assert len(load_qm9(tmp_path, max_molecules=4)) == 4
+
+
+def test_a_save_cut_short_leaves_no_processed_file(data_dir, monkeypatch):
+    """A run killed while saving the processed graphs must not leave a partial file the next run loads."""
+    import torch_geometric.io.fs as pyg_fs
+
+    def cut_short(obj, path):
+        with open(path, "wb") as f:
+            f.write(b"\x80\x02 half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pyg_fs, "torch_save", cut_short)
+    with pytest.raises(KeyboardInterrupt):
+        QM9CSV(data_dir, max_molecules=9)  # a size no other test caches
+    monkeypatch.undo()
+    assert len(QM9CSV(data_dir, max_molecules=9)) == 9

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -159,8 +160,16 @@ class QM9CSV(InMemoryDataset):
             "skipped_uncharacterized_listed": len(skip),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        self.save(data_list, self.processed_paths[0])
-        Path(self.processed_paths[0]).with_suffix(".json").write_text(json.dumps(self.build_stats))
+        # temp file + rename: a run killed mid-save, or another one processing the same molecules at the
+        # same time, never leaves a half-written file for the next run to load
+        path = Path(self.processed_paths[0])
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            self.save(data_list, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(self.build_stats))
 
 
 def load_qm9(data_dir=None, max_molecules: int | None = None, download: bool = False,
