@@ -45,8 +45,16 @@ def resolve_device_name(name: str) -> tuple[str, int | None] | None:
         return "cpu", None
     if not torch.cuda.is_available():
         return None
-    index = int(name.partition(":")[2] or os.environ.get("LOCAL_RANK", 0))  # a rank takes its LOCAL_RANK's GPU
+    index = int(name.partition(":")[2]) if ":" in name else _env_int("LOCAL_RANK", 0)  # a rank's GPU
     return ("cuda", index) if index < torch.cuda.device_count() else None
+
+
+def _env_int(name: str, default: int) -> int:
+    """A torchrun variable; a value that is not an integer counts as unset (the engine reports it)."""
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
 
 
 def breakdown(cfg, task_cls, device_type: str = "cpu") -> dict[str, int]:
@@ -149,7 +157,7 @@ def check_fits(cfg, task_cls) -> None:
     parts = breakdown(cfg, task_cls, device_type)
     needed = sum(parts.values()) + OVERHEAD[device_type]
     if device_type == "cpu":  # data-parallel ranks on one host share its memory
-        needed *= max(int(os.environ.get("LOCAL_WORLD_SIZE", 1) or 1), 1)
+        needed *= max(_env_int("LOCAL_WORLD_SIZE", 1), 1)
     available = available_bytes(device_type, index)
     if available is None or needed <= available:
         return

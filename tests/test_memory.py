@@ -108,6 +108,11 @@ def test_data_parallel_ranks_on_one_host_share_its_memory(monkeypatch):
         memory.check_fits(cfg, ModularTask)
 
 
+def test_a_malformed_torchrun_variable_is_no_traceback(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    memory.check_fits(load_config(ModularConfig, ["--device", "cpu"]), ModularTask)
+
+
 def test_free_memory_is_read():
     assert 0 < memory.available_bytes("cpu") < 2**60
 
