@@ -156,6 +156,10 @@ class Config:
                    for f in user_fields(type(self)) if _field_type(f) is str]
         checks += [(abs(getattr(self, name)) <= FLOAT32_MAX, f"{name} must be at most {FLOAT32_MAX:.3g} (float32)")
                    for name in ("lr", "weight_decay", "momentum", "lamb")]
+        # Adam's first step moves a parameter by up to lr / (1 - beta1), in float32
+        checks.append((self.optimizer == "SGD" or not 0.0 <= self.beta1 < 1.0
+                       or self.lr / (1.0 - self.beta1) < FLOAT32_MAX,
+                       "lr / (1 - beta1) must stay below float32's largest value"))
         for ok, message in checks:
             if not ok:
                 raise UserError(f"invalid config: {message}")
@@ -232,7 +236,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_yaml(path: str | Path, kind: type = dict) -> dict | list:
+    """A YAML file holding a mapping (a config) or, with kind=list, a list; one-line errors."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -242,12 +247,13 @@ def read_yaml(path: str | Path) -> dict:
         reason = (str(exc).splitlines() or [""])[0]
         raise UserError(f"config file {path} cannot be read: {type(exc).__name__}: {reason}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or kind()
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: e.g. a date like 2001-02-30
         first_line = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise UserError(f"config file {path} is not valid YAML: {first_line}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"config file {path} must hold a mapping of key: value")
+    if not isinstance(data, kind):
+        what = "a mapping of key: value" if kind is dict else "a list"
+        raise UserError(f"config file {path} must hold {what}")
     return data
 
 
