@@ -99,12 +99,11 @@ def _finish_axes(ax, ys: list[np.ndarray], xs: list[np.ndarray], log_y: bool) ->
     if xs:
         all_x = np.concatenate(xs)
         _log_axis(ax.xaxis, all_x.min(), all_x.max())
-    if log_y:
+    positive = np.concatenate(ys) if ys and log_y else np.empty(0)
+    positive = positive[np.isfinite(positive) & (positive > 0)]
+    if positive.size:  # a log axis needs a finite positive value (a diverged run's losses may have none)
         ax.set_yscale("log")
-        positive = np.concatenate(ys) if ys else np.empty(0)
-        positive = positive[positive > 0]
-        if positive.size:
-            _log_axis(ax.yaxis, positive.min(), positive.max())
+        _log_axis(ax.yaxis, positive.min(), positive.max())
     ax.set_xlabel("optimisation step")
     ax.grid(True, which="major", alpha=0.3)
     ax.grid(True, which="minor", alpha=0.1)

@@ -11,6 +11,7 @@ Every write reports a failure in one line; nothing is read that has not been che
 import dataclasses
 import fcntl
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,7 +21,6 @@ from repro.config import Config, run_name, save_config
 from repro.errors import RunAlreadyFinished, UserError
 from repro.metrics import MetricsLog, atomic_write_text, run_header
 
-LOCK_NAME = ".lock"
 RUN_FILES = ("metrics.jsonl", "config.yaml", "header.json", "curves.png")
 
 
@@ -52,7 +52,7 @@ class RunFolder:
         self.path, self.is_main = Path(path), is_main
         self.checkpoint_path = self.path / ckpt.FILENAME
         self.summary_path = self.path / "summary.json"
-        self._lock_file = None
+        self._lock_fd: int | None = None
         self.log: MetricsLog | None = None
 
     # ---- opening --------------------------------------------------------------------------------
@@ -61,8 +61,10 @@ class RunFolder:
         None). Raises RunAlreadyFinished (nothing to do) or UserError, having changed nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"run folder {self.path} exists and is not a directory")
+        if not self.path.exists() and cfg.resume and not cfg.skip_finished:
+            raise UserError(f"--resume: no run in {self.path} to resume")
         if self.is_main:
-            self._lock()
+            self._lock(create=not self.path.exists())
         try:
             return self._open(cfg, device, barrier)
         except BaseException:
@@ -71,9 +73,9 @@ class RunFolder:
 
     def close(self) -> None:
         """Release the lock (the process's end does too)."""
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def _open(self, cfg: Config, device: torch.device, barrier) -> tuple[Config, dict | None]:
         summary = read_summary(self.summary_path)
@@ -103,17 +105,19 @@ class RunFolder:
         self.log = MetricsLog(self.path / "metrics.jsonl", write=self.is_main)
         return cfg, None
 
-    def _lock(self) -> None:
-        """An OS lock held for the process's life: the kernel drops it when the process dies, so a
-        killed run never blocks its resume."""
+    def _lock(self, create: bool) -> None:
+        """An OS lock on the folder itself, held for the process's life: the kernel drops it when the
+        process dies, so a killed run never blocks its resume; no lock file is left behind."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.path / LOCK_NAME, "a")
+            if create:
+                self.path.mkdir(parents=True, exist_ok=True)
+            self._lock_fd = os.open(self.path, os.O_RDONLY)
         except OSError as exc:
             raise UserError(f"cannot create run folder {self.path}: {exc.strerror or exc}") from None
         try:
-            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            self.close()
             raise UserError(f"{self.path} is in use by another running process") from None
 
     def _discard_unfinished(self) -> None:
@@ -134,15 +138,17 @@ class RunFolder:
                 raise UserError(f"cannot clear {self.path / name}: {exc.strerror or exc}") from None
 
     # ---- writing --------------------------------------------------------------------------------
-    def write_start(self, cfg: Config, device: torch.device, argv: list[str] | None, resumed_at: int | None) -> None:
-        """config.yaml and header.json; a resumed run keeps its first header and notes the resume."""
+    def write_start(self, cfg: Config, device: torch.device, argv: list[str] | None, resumed_at: int | None,
+                    extra: dict | None = None) -> None:
+        """config.yaml and header.json (with `extra` fields); a resumed run keeps its first header and
+        notes the resume."""
         if not self.is_main:
             return
         try:
             save_config(cfg, self.path / "config.yaml")
         except OSError as exc:
             raise UserError(f"cannot write {self.path / 'config.yaml'}: {exc.strerror or exc}") from None
-        header = run_header(device, argv)
+        header = {**run_header(device, argv), **(extra or {})}
         if resumed_at is not None:
             old = read_json_object(self.path / "header.json")
             if old is None:

@@ -210,3 +210,21 @@ def test_real_process_prints_no_traceback(script, flags, words, tmp_path, data_d
     check_one_line(result.stderr, words)
     assert "Traceback" not in result.stdout + result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_adam_step_size_beyond_float32_is_refused(tmp_path, capsys, data_dir):
+    from repro.cli import run
+    from repro.tasks.mnist import MnistConfig, MnistTask
+    code = run(MnistConfig, MnistTask, "", ["--lr", "3e38", "--device", "cpu", "--data_dir", str(data_dir),
+                                            "--out_dir", str(tmp_path / "run")])
+    assert code == 2 and "lr / (1 - beta1)" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_whose_losses_are_all_nan_still_plots(tmp_path):
+    """A log axis needs a finite positive value: without one the axis stays linear (it raised)."""
+    import json
+    from repro.plots import plot_run
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "train_loss": float("nan"), "val_loss": float("inf"),
+                                                        "val_acc": 0.1}) + "\n")
+    assert plot_run(tmp_path).is_file()
