@@ -42,6 +42,7 @@ class Config:
     weight_decay: float = 0.0
     optimizer: str = "Adam"  # torch.optim.Adam couples L2 decay into the gradient; AdamW decouples it
     momentum: float = 0.0  # SGD only (the reviewers' heavy-ball baseline)
+    nesterov: bool = False  # SGD only: Nesterov momentum instead of heavy-ball
     warmup_steps: int = 0  # linear LR warm-up; the reference's factor is min(update / warmup, 1) from update 0
     clip_grad_norm: float = 0.0  # 0 = off; clipping happens before the filter, as in the reference
     grad_accum_steps: int = 1  # micro-batches per update: the batch is split, gradients summed, filtered once
@@ -56,7 +57,7 @@ class Config:
     # run control
     device: str = "auto"
     data_dir: str = ""  # empty: $GROKFAST_DATA_DIR, else data/
-    results_dir: str = "results"
+    results_dir: str = "runs"
     out_dir: str = ""  # empty: <results_dir>/<task>/<run name>
     max_steps: int = 0  # cap on the budget, for smoke runs; 0 = no cap
     early_stop_acc: float = 0.0  # stop once val acc >= this ...
@@ -90,6 +91,7 @@ class Config:
         "weight_decay": "weight decay (>= 0); Adam and SGD add it to the gradient (L2), AdamW decouples it",
         "optimizer": "Adam couples weight decay into the gradient (L2), AdamW decouples it; SGD uses --momentum",
         "momentum": "SGD momentum (>= 0); other optimizers ignore it",
+        "nesterov": "SGD only: Nesterov momentum (needs --momentum > 0)",
         "warmup_steps": "steps of linear learning-rate warm-up, factor min(step / warmup_steps, 1); 0 = none",
         "clip_grad_norm": "clip the gradients' total L2 norm to this, before the filter; 0 = off",
         "grad_accum_steps": "micro-batches per step (1 .. batch_size): the batch is split, gradients summed, "
@@ -134,6 +136,8 @@ class Config:
             (0.0 <= self.beta2 < 1.0, "beta2 must be in [0, 1)"),
             (self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay must be >= 0"),
             (self.momentum >= 0 and math.isfinite(self.momentum), "momentum must be a finite number >= 0"),
+            (not self.nesterov or (self.optimizer == "SGD" and self.momentum > 0),
+             "nesterov needs optimizer SGD and momentum > 0"),
             (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
             (self.clip_grad_norm >= 0, "clip_grad_norm must be >= 0 (0 = off)"),
             (1 <= self.grad_accum_steps <= self.batch_size, "grad_accum_steps must be in [1, batch_size]"),
@@ -347,7 +351,7 @@ def run_name(cfg: Config, task_part: str) -> str:
         parts.append("none")
     parts.append(f"{cfg.optimizer.lower()}_lr{cfg.lr:g}_wd{cfg.weight_decay:g}")
     if cfg.optimizer == "SGD" and cfg.momentum:
-        parts.append(f"m{cfg.momentum:g}")
+        parts.append(f"m{cfg.momentum:g}" + ("_nest" if cfg.nesterov else ""))
     if cfg.label:
         parts.append(cfg.label)
     parts.append(f"s{cfg.seed}")

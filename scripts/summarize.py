@@ -353,6 +353,28 @@ def headline_markdown(tid: str, spec: dict, rows: dict, cols: list[Column]) -> s
     return "\n".join(lines) + "\n"
 
 
+def overview_markdown(chosen: list[str], specs: dict, placed: dict, cols: dict) -> str:
+    """One small table for a README: per paper table, the Grokfast row's headline metric (ours and the
+    paper's) and its ratio to the baseline and to the weight-decay control."""
+    lines = ["| paper table | metric | Grokfast (paper) | vs baseline (paper) | vs wd control |", "|---|---|---|---|---|"]
+    for tid in chosen:
+        spec, rows = specs[tid], placed[tid]
+        col = next(c for c in cols[tid] if c.key == spec["headline"])
+        aggs = {label: aggregate(column_values(col, runs)) for label, runs in rows.items()}
+        g, base, control = spec["grokfast"], spec["baseline"], spec.get("control")
+        if not rows.get(g):
+            continue
+        paper = {label: row.get("paper", {}).get(col.key) for label, row in spec["rows"].items()}
+        ours = cell(aggs[g], col.integer) + (f" ({fmt(paper[g], col.integer)})" if paper.get(g) is not None else "")
+        vs_base = ratio(aggs[base], aggs[g]) if rows.get(base) else "–"
+        if vs_base != "–" and paper.get(base) and paper.get(g):
+            vs_base += f" (×{paper[base] / paper[g]:.1f})"
+        vs_control = ratio(aggs[control], aggs[g]) if control and rows.get(control) else "–"
+        number = spec["title"].split(",")[0]
+        lines.append(f"| {number} | {col.title} | {ours} | {vs_base} | {vs_control} |")
+    return "\n".join(lines) + "\n"
+
+
 def anchor(title: str) -> str:
     """GitHub's heading anchor: lower case, punctuation dropped, spaces to hyphens."""
     kept = "".join(ch for ch in title.lower() if ch.isalnum() or ch in " -_")
@@ -458,10 +480,12 @@ def unplaced_markdown(unplaced: list[tuple[dict, str]], out_dir: Path) -> str:
 
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+OVERVIEW_BEGIN, OVERVIEW_END = "<!-- overview:begin -->", "<!-- overview:end -->"
 
 
-def inject(readme: Path, body: str, tables_dir: Path) -> None:
-    """Replace what lies between the README's results markers; links are re-based to the README's folder."""
+def inject(readme: Path, body: str, tables_dir: Path, begin: str = BEGIN, end: str = END) -> None:
+    """Replace what lies between the README's markers; links are re-based to the README's folder."""
+    BEGIN, END = begin, end
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
@@ -480,6 +504,9 @@ def main(argv=None) -> int:
                         help="validation accuracies (fractions) to count steps to (default 0.85 0.9 0.95)")
     parser.add_argument("--readme", type=Path, default=None,
                         help="also copy the tables into this file between its results markers")
+    parser.add_argument("--overview", type=Path, default=None,
+                        help="also write one small table (Grokfast vs baseline vs control, per paper table) into "
+                             "this file between its overview markers (the top-level README)")
     parser.add_argument("--tables", nargs="*", metavar="ID",
                         help="table ids to include (default all); given alone, list the ids and exit")
     parser.add_argument("--data_dir", type=Path, default=None,
@@ -541,6 +568,8 @@ def main(argv=None) -> int:
     out.write_text("\n".join(["# Results", "", *body]).rstrip("\n") + "\n")
     if args.readme:
         inject(args.readme, "\n".join(body), out.parent)
+    if args.overview:
+        inject(args.overview, overview_markdown(chosen, specs, placed, cols), out.parent, OVERVIEW_BEGIN, OVERVIEW_END)
     left = f"; {len(unplaced)} in no table, listed at the end" if unplaced else ""
     print(f"wrote {out}: {len(chosen)} table{'s' if len(chosen) != 1 else ''} from {placed_count} of "
           f"{len(runs)} runs{left}")

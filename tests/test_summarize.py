@@ -172,3 +172,13 @@ def test_without_the_qm9_table_the_variance_column_says_why(tmp_path):
     assert summarize.qm9_table(tmp_path) is None
     text = summarize.qm9_scale_markdown({}, {}, None, tmp_path)
     assert "not computed" in text and str(tmp_path) in text
+
+
+def test_overview_is_one_small_table_between_its_markers(results, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"top\n{summarize.OVERVIEW_BEGIN}\nold\n{summarize.OVERVIEW_END}\nbottom\n")
+    assert summarize.main(["--results", str(results), "--out", str(results / "tables.md"), "--overview", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("top\n") and text.endswith("bottom\n") and "\nold\n" not in text
+    table = [line for line in text.splitlines() if line.startswith("| Table")]
+    assert table and all(line.count("|") == 6 for line in table)
