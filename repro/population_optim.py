@@ -275,11 +275,14 @@ class StackedSGD(_StackedOptimizer):
 
 def make_stacked_optimizer(cfgs: Sequence, param: torch.Tensor) -> StackedAdam | StackedSGD:
     """The population's optimizer from its members' configs, as the engine's make_optimizer builds a
-    solo run's (torch's default eps; no Nesterov). The optimizer class is shared."""
+    solo run's (torch's default eps). The optimizer class and SGD's Nesterov switch are shared."""
     names = {cfg.optimizer for cfg in cfgs}
     _check(len(names) == 1, f"population members use different optimizers: {sorted(names)}")
     lr, weight_decay = [cfg.lr for cfg in cfgs], [cfg.weight_decay for cfg in cfgs]
     if names == {"SGD"}:
-        return StackedSGD(param, lr=lr, momentum=[cfg.momentum for cfg in cfgs], weight_decay=weight_decay)
+        nesterov = {cfg.nesterov for cfg in cfgs}
+        _check(len(nesterov) == 1, "population members differ in nesterov")
+        return StackedSGD(param, lr=lr, momentum=[cfg.momentum for cfg in cfgs], weight_decay=weight_decay,
+                          nesterov=nesterov.pop())
     return StackedAdam(param, lr=lr, betas=[(cfg.beta1, cfg.beta2) for cfg in cfgs], weight_decay=weight_decay,
                        decoupled_weight_decay=names == {"AdamW"})

@@ -32,7 +32,7 @@ def make_optimizer(cfg: Config, params: list, device: torch.device, capturable: 
     fused = device.type == "cuda" and cfg.amp != "fp16"
     if cfg.optimizer == "SGD":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                               fused=fused or None)
+                               nesterov=cfg.nesterov, fused=fused or None)
     optimizer_cls = getattr(torch.optim, cfg.optimizer)
     return optimizer_cls(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
                          fused=fused or None, capturable=fused and capturable)
