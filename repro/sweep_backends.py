@@ -20,13 +20,14 @@ POLL_S = 1.0
 
 
 class Progress:
-    """One bar for the sweep: members finished of all, with those running and left, and an ETA."""
+    """One bar for the sweep: members finished of all, with those running and left, and an ETA. Counts
+    members, not jobs: a population job trains many."""
 
     def __init__(self, total: int, finished: int, sweep_dir, enabled: bool = True):
         from tqdm.auto import tqdm
 
         self.sweep_dir, self.running, self.failed = sweep_dir, 0, 0
-        self.bar = tqdm(total=total, initial=finished, desc="members", unit="run", disable=not enabled,
+        self.bar = tqdm(total=total, initial=finished, desc="members", unit="member", disable=not enabled,
                         dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
         self._show()
 
@@ -36,6 +37,7 @@ class Progress:
         self.bar.update(finished)
 
     def set_running(self, running: int) -> None:
+        """`running`: members in the jobs running now."""
         if running != self.running:
             self.running = running
             self._show()
@@ -53,7 +55,7 @@ class _LocalChildren:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.procs = set()
+        self.procs = {}  # process -> its job
         self.stopping = False
 
     def run(self, job: Job) -> int | None:
@@ -61,12 +63,16 @@ class _LocalChildren:
             if self.stopping:
                 return None
             proc = sweep_child.start_child(job.command, str(job.log), str(REPO))
-            self.procs.add(proc)
+            self.procs[proc] = job
         try:
             return proc.wait()
         finally:
             with self.lock:
-                self.procs.discard(proc)
+                self.procs.pop(proc, None)
+
+    def running_members(self) -> int:
+        with self.lock:
+            return sum(len(job.members) for job in self.procs.values())
 
     def interrupt(self) -> None:
         with self.lock:
@@ -90,7 +96,7 @@ def run_local(jobs: list[Job], slots_per_device: dict[str, int], progress: Progr
             for future in done:
                 future.result()
                 progress.job_done(futures[future])
-            progress.set_running(len(children.procs))
+            progress.set_running(children.running_members())
     except KeyboardInterrupt:
         interrupted = True
         children.interrupt()
@@ -136,7 +142,8 @@ def run_ray(jobs: list[Job], gpus_per_job: float, progress: Progress) -> bool:
             for ref in done:
                 _ray_result(ray, ref)
                 progress.job_done(refs[ref])
-            progress.set_running(len(pending))  # Ray does not say which have started: these are in flight
+            # Ray does not say which have started: these are in flight
+            progress.set_running(sum(len(refs[ref].members) for ref in pending))
     except KeyboardInterrupt:
         interrupted = True
         for ref in pending:  # a running task gets KeyboardInterrupt: run_child passes SIGINT on and waits

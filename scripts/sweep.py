@@ -7,10 +7,13 @@
 
 The sweep file's format is below. Output: <results_dir>/sweeps/<name>/ (results_dir: runs/ by default,
 git-ignored) holds a run folder per member (named as its solo run's), sweep.yaml (the expanded sweep,
-which a later invocation must match), sweep.csv (a row per member), configs/ (each member's config file)
-and logs/ (each command's output). The same command again skips finished members and resumes the others
-from their last checkpoint (checkpoint_every in the sweep bounds what a crash loses); Ctrl-C lets the
-running members save a checkpoint first. Figures: scripts/plot_sweep.py.
+which a later invocation must match), sweep.csv (a row per member), populations/ (each population's base
+config and member list), configs/ (the config of each member that runs alone) and logs/ (each command's
+output). Members of mod-97 and MNIST that may share a population (repro/population.py: they differ only in
+per-member keys) train as one, up to --max_group at a time; IMDb and QM9 members run alone. The same
+command again skips finished members and resumes the others from their last checkpoint (checkpoint_every
+in the sweep bounds what a crash loses); Ctrl-C lets the running members save a checkpoint first.
+Figures: scripts/plot_sweep.py.
 Exit status: 0 all finished, 1 some member did not finish, 2 bad input, 130 interrupted.
 """
 import argparse
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from repro.errors import UserError  # noqa: E402
 from repro.sweep_backends import Progress, connect_ray, run_local, run_ray  # noqa: E402
 from repro.sweep_pack import (USABLE_FRACTION, assign_devices, device_type, group_commands, pack,  # noqa: E402
-                              slots, write_member_configs)
+                              resume_steps, slots, write_job_files)
 from repro import sweep_spec  # noqa: E402
 from repro.sweep_spec import load_sweep, store_or_check_spec  # noqa: E402
 from repro.sweep_table import is_finished, write_table  # noqa: E402
@@ -127,13 +130,13 @@ class Plan:
 
 def make_plan(sweep, sweep_dir: Path, todo: list, devices: list[str], per_device: int | None, max_group: int,
               memory: dict[str, int | None]) -> Plan:
-    """Groups (capped so that `per_device` of them fit on the smallest device), their jobs spread over
-    `devices`, and how many jobs run at once on each."""
+    """Groups (capped so that `per_device` of them fit on the smallest device; members that resume at
+    different steps apart), their jobs spread over `devices`, and how many jobs run at once on each."""
     kind = device_type(devices[0])
     per_device = per_device or DEFAULT_PER_DEVICE[kind]
     known = [b for b in memory.values() if b is not None]
     max_bytes = int(min(known) * USABLE_FRACTION / per_device) if known else None
-    groups = pack(todo, max_group, max_bytes, kind)
+    groups = pack(todo, max_group, max_bytes, kind, resume_steps(sweep_dir, todo))
     jobs = assign_devices([job for group in groups for job in group_commands(sweep, group, sweep_dir)], devices)
     job_bytes = max((job.bytes(kind) for job in jobs), default=1)
     return Plan(groups, jobs, {d: slots(d, per_device, job_bytes, memory[d]) for d in devices}, per_device, kind)
@@ -168,7 +171,7 @@ def main(argv=None) -> int:
             return 0
         interrupted = False
         if todo:
-            write_member_configs(sweep_dir, todo)
+            write_job_files(plan.jobs)
             interrupted = _run(args, plan, sweep, sweep_dir, len(todo))
         path, table = write_table(sweep, sweep_dir)
     except UserError as exc:

@@ -1,4 +1,5 @@
 """Packing members into groups, groups into commands, commands onto devices (no GPU needed)."""
+import dataclasses
 import importlib.util
 import shlex
 import sys
@@ -7,10 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from repro import checkpoint as ckpt
+from repro.cli import population_configs, split_population_flags
+from repro.config import load_config
+from repro.population import MEMBER_FIELDS
 from repro.sweep_child import CHILD_ENV
-from repro.sweep_pack import (Job, assign_devices, group_commands, group_key, member_bytes, pack, process_bytes,
-                              slots, stackable)
-from repro.sweep_spec import load_sweep
+from repro.sweep_pack import (Group, Job, assign_devices, group_commands, group_key, member_bytes, pack,
+                              process_bytes, resume_step, resume_steps, slots, stackable, write_job_files)
+from repro.sweep_spec import load_sweep, task_classes
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,22 +72,138 @@ def test_groups_are_capped_and_split_evenly(tmp_path):
     assert all(g.members for g in pack(members, max_members=64, max_bytes=1))  # at least one member each
 
 
-def test_a_task_that_does_not_stack_runs_each_member_alone(tmp_path):
-    sweep = load(tmp_path, task="imdb", grid={"lamb": [1.0, 2.0]})
-    assert [len(g.members) for g in pack(list(sweep.members), max_members=64)] == [1] * 6
+def command_configs(sweep, job: Job) -> list:
+    """What the entry point makes of the job's command: each member's config (repro.cli's own parsing)."""
+    write_job_files([job])
+    rest, overrides = split_population_flags(list(job.command[2:]))
+    base = load_config(task_classes(sweep.task)[0], rest)
+    return [base] if overrides is None else population_configs(base, overrides)
 
 
-def test_today_a_group_runs_as_one_solo_command_per_member(tmp_path):
-    sweep = load(tmp_path, config={"p": 11}, grid={"lamb": [1.0, 2.0]})
+def as_run(member, sweep_dir: Path, device: str):
+    """The config a member's run trains with under the sweep: its own plus the runner's flags."""
+    return dataclasses.replace(member.cfg, out_dir=str(sweep_dir / member.name), progress=False,
+                               skip_finished=True, device=device)
+
+
+def test_a_group_of_several_members_runs_as_one_population_command(tmp_path):
+    sweep = load(tmp_path, config={"p": 11, "filter": "ema"}, grid={"lamb": [1.0, 2.0]})
     [group] = pack(list(sweep.members), max_members=64)
-    jobs = group_commands(sweep, group, tmp_path / "sw")
-    assert len(jobs) == 6 and all(len(job.members) == 1 for job in jobs)
-    job = assign_devices(jobs, ["cuda:1"])[0]
-    member = job.members[0]
-    assert job.command == [sys.executable, str(REPO / "main.py"), "--config", str(tmp_path / "sw" / "configs" /
-                           f"{member.name}.yaml"), "--out_dir", str(tmp_path / "sw" / member.name),
-                           "--progress", "false", "--skip_finished", "true", "--device", "cuda:1"]
+    sweep_dir = tmp_path / "sw"
+    [job] = assign_devices(group_commands(sweep, group, sweep_dir), ["cuda:1"])
+    assert job.members == tuple(group.members) and len(job.members) == 6
+    name = f"population_{group.members[0].name}"
+    base, listing = (sweep_dir / "populations" / f"{name}{ext}" for ext in (".yaml", ".members.yaml"))
+    assert job.command == [sys.executable, str(REPO / "main.py"), "--config", str(base), "--population",
+                           str(listing), "--progress", "false", "--skip_finished", "true", "--device", "cuda:1"]
+    assert job.log == sweep_dir / "logs" / f"{name}.log"
+    assert command_configs(sweep, job) == [as_run(m, sweep_dir, "cuda:1") for m in group.members]
+    # the shared keys once, in the base; per member only the keys that differ, its seed and its folder
+    assert yaml.safe_load(listing.read_text()) == [{"lamb": m.cfg.lamb, "seed": m.seed,
+                                                     "out_dir": str(sweep_dir / m.name)} for m in group.members]
+    assert yaml.safe_load(base.read_text()) == group.members[0].config_dict()
+
+
+def test_a_nesterov_population_has_a_valid_base(tmp_path):
+    """The entry point validates the base before the members' overrides: Nesterov with the default
+    momentum 0 would be refused, so the base carries the first member's momentum."""
+    sweep = load(tmp_path, config={"p": 11, "optimizer": "SGD", "nesterov": True}, grid={"momentum": [0.9, 0.98]})
+    [group] = pack(list(sweep.members), max_members=64)
+    [job] = assign_devices(group_commands(sweep, group, tmp_path), ["cpu"])
+    assert command_configs(sweep, job) == [as_run(m, tmp_path, "cpu") for m in group.members]
+
+
+SHIPPED = sorted((REPO / "configs" / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_sweeps_run_as_populations_of_their_members(tmp_path, path):
+    """Every command of every shipped sweep trains exactly its members' configs."""
+    sweep = load_sweep(path)
+    jobs = assign_devices([job for group in pack(list(sweep.members), max_members=64)
+                           for job in group_commands(sweep, group, tmp_path)], ["cuda:0"])
+    assert sorted(m.name for job in jobs for m in job.members) == sorted(m.name for m in sweep.members)
+    assert all("--population" in job.command for job in jobs)
+    for job in jobs:
+        assert command_configs(sweep, job) == [as_run(m, tmp_path, "cuda:0") for m in job.members]
+
+
+def test_momentum_sweep_keeps_heavy_ball_and_nesterov_apart():
+    sweep = load_sweep(REPO / "configs" / "sweeps" / "momentum_sgd.yaml")
+    nesterov = [m for m in sweep.members if m.cfg.nesterov]
+    assert len(sweep.members) == 210 and len(nesterov) == 90
+    assert {m.cfg.momentum for m in nesterov} == {0.9, 0.98, 0.99}
+    assert {(m.cfg.filter, m.cfg.lr) for m in nesterov} == {(f, lr) for f in ("none", "ema")
+                                                           for lr in (0.01, 0.03, 0.1, 0.3, 1.0)}
+    groups = pack(list(sweep.members), max_members=1000)
+    assert sorted(len(g.members) for g in groups) == [90, 120]
+    assert all(len({m.cfg.nesterov for m in g.members}) == 1 for g in groups)
+
+
+@pytest.mark.parametrize("task, config, grid", [
+    ("modular", {"p": 11, "amp": "bf16"}, {"lamb": [1.0, 2.0]}),  # the population has no autocast
+    ("modular", {"p": 11, "grad_accum_steps": 2}, {"lamb": [1.0, 2.0]}),  # nor micro-batches
+    ("modular", {"p": 11, "on_nonfinite": "skip"}, {"lamb": [1.0, 2.0]}),  # nor skipped steps
+    ("imdb", {}, {"lamb": [1.0, 2.0]}),
+])
+def test_members_that_do_not_stack_run_alone(tmp_path, task, config, grid):
+    sweep = load(tmp_path, task=task, config=config, grid=grid)
+    groups = pack(list(sweep.members), max_members=64)
+    assert [len(g.members) for g in groups] == [1] * 6
+    assert all(len(group_commands(sweep, g, tmp_path)) == 1 for g in groups)
+
+
+def test_a_group_of_one_runs_the_solo_command(tmp_path):
+    sweep = load(tmp_path, config={"p": 11}, grid={"lamb": [1.0, 2.0]}, seeds=[0])
+    groups = pack(list(sweep.members), max_members=1)
+    jobs = assign_devices([job for g in groups for job in group_commands(sweep, g, tmp_path / "sw")], ["cuda:1"])
+    assert [len(job.members) for job in jobs] == [1, 1]
+    job, member = jobs[0], jobs[0].members[0]
+    config = tmp_path / "sw" / "configs" / f"{member.name}.yaml"
+    assert job.command == [sys.executable, str(REPO / "main.py"), "--config", str(config), "--out_dir",
+                           str(tmp_path / "sw" / member.name), "--progress", "false", "--skip_finished", "true",
+                           "--device", "cuda:1"]
     assert job.log == tmp_path / "sw" / "logs" / f"{member.name}.log"
+    assert command_configs(sweep, job) == [as_run(member, tmp_path / "sw", "cuda:1")]
+
+
+def test_a_group_differing_in_a_shared_key_is_refused(tmp_path):
+    sweep = load(tmp_path, config={"p": 11}, grid={"batch_size": [64, 128]}, seeds=[0])
+    assert "batch_size" not in MEMBER_FIELDS and len(pack(list(sweep.members), max_members=64)) == 2
+    with pytest.raises(ValueError, match=r"differ in \['batch_size'\]"):
+        group_commands(sweep, Group(list(sweep.members)), tmp_path)
+
+
+def fake_checkpoint(run_dir: Path, step: int) -> None:
+    run_dir.mkdir(parents=True)
+    ckpt.save({"config": {}, "step": step, "model": {}, "optimizer": {}, "filter": None, "rng": None,
+               "num_records": 0}, run_dir / ckpt.FILENAME)
+
+
+def test_resume_step_is_the_checkpoints(tmp_path):
+    assert resume_step(tmp_path / "none") == 0
+    fake_checkpoint(tmp_path / "a", 30)
+    assert resume_step(tmp_path / "a") == 30
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / ckpt.FILENAME).write_bytes(b"not a checkpoint")
+    assert resume_step(tmp_path / "b") == "unreadable b"
+
+
+def test_members_resuming_at_different_steps_never_share_a_population(tmp_path):
+    """Two populations killed at steps 20 and 40 (or one killed while saving its members' checkpoints):
+    a re-run packs what is left anew, and a population refuses members at different steps."""
+    sweep = load(tmp_path, config={"p": 11}, grid={"lamb": [1.0, 2.0]})
+    members = list(sweep.members)
+    for m in members[:2]:
+        fake_checkpoint(tmp_path / m.name, 20)
+    fake_checkpoint(tmp_path / members[2].name, 40)
+    steps = resume_steps(tmp_path, members)
+    assert list(steps.values()) == [20, 20, 40, 0, 0, 0]
+    groups = pack(members, max_members=64, steps=steps)
+    assert [[m.name for m in g.members] for g in groups] == [[m.name for m in ms] for ms in
+                                                              (members[:2], members[2:3], members[3:])]
+    plan = sweep_script().make_plan(sweep, tmp_path, members, ["cpu"], 1, 64, {"cpu": None})
+    assert [len(job.members) for job in plan.jobs] == [2, 1, 3]
 
 
 def job(work: int) -> Job:
@@ -110,9 +231,10 @@ def test_slots_per_device_are_limited_by_memory():
 
 def test_plan_spreads_a_sweep_over_two_fake_gpus(tmp_path):
     sweep = load(tmp_path, config={"p": 11}, grid={"lamb": [1.0, 2.0]})
-    plan = sweep_script().make_plan(sweep, tmp_path, list(sweep.members), ["cuda:0", "cuda:1"], None, 64,
-                                    {"cuda:0": 80 * 2**30, "cuda:1": 80 * 2**30})
-    assert [j.device for j in plan.jobs].count("cuda:0") == 3 and plan.slots == {"cuda:0": 8, "cuda:1": 8}
+    plan = sweep_script().make_plan(sweep, tmp_path, list(sweep.members), ["cuda:0", "cuda:1"], None, 3,
+                                    {"cuda:0": 80 * 2**30, "cuda:1": 80 * 2**30})  # two populations of 3
+    assert [(j.device, len(j.members)) for j in plan.jobs] == [("cuda:0", 3), ("cuda:1", 3)]
+    assert plan.slots == {"cuda:0": 8, "cuda:1": 8}
     cpu = sweep_script().make_plan(sweep, tmp_path, list(sweep.members), ["cpu"], 2, 64, {"cpu": None})
     assert {j.device for j in cpu.jobs} == {"cpu"} and cpu.slots == {"cpu": 2}
 
