@@ -131,6 +131,11 @@ class PopulationTrainer(Trainer):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("a population trains in one process: run it without torchrun")
         check_member_configs(cfgs)
+        unsupported = [flag for flag, on in (("--amp", cfgs[0].amp != "none"), ("--compile", cfgs[0].compile),
+                                             ("--grad_accum_steps", cfgs[0].grad_accum_steps > 1),
+                                             ("--on_nonfinite skip", cfgs[0].on_nonfinite == "skip")) if on]
+        if unsupported:
+            raise UserError(f"a population does not support {', '.join(unsupported)}: run those members solo")
         self.device, self.dist, self.is_main = resolve_device(cfgs[0].device), None, True
         tasks = [task_cls(cfg, self.device) for cfg in cfgs]
         self.members, tasks = self._open_members(cfgs, tasks)

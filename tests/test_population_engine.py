@@ -119,3 +119,10 @@ def test_a_killed_population_resumes_to_the_uninterrupted_metrics(tmp_path):
         for r in a + b:
             r.pop("elapsed_s")
         assert a == b  # bitwise on CPU
+
+
+@pytest.mark.parametrize("flag", [["--amp", "bf16"], ["--grad_accum_steps", "2"], ["--on_nonfinite", "skip"]])
+def test_what_a_population_does_not_support_is_refused(tmp_path, capsys, flag):
+    code = run(ModularConfig, ModularTask, "", [*SMALL, *flag, "--seeds", "0", "1", "--results_dir", str(tmp_path)])
+    assert code == 2 and "a population does not support" in capsys.readouterr().err
+    assert not (tmp_path / "modular").exists() or not any((tmp_path / "modular").iterdir())
