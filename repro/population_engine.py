@@ -70,6 +70,7 @@ class PopulationStep:
         self.optimizer = make_stacked_optimizer(cfgs, population.flat)
         self.filter = make_stacked_filter(cfgs, population.flat)
         self.max_norms = torch.tensor([c.clip_grad_norm for c in cfgs], device=device)
+        self.clips = any(c.clip_grad_norm for c in cfgs)
         self.active = torch.ones(population.size, dtype=torch.bool, device=device)
         graphs = self.cfg.cuda_graphs and device.type == "cuda"
         self.use_graphs = graphs and self.cfg.on_nonfinite != "skip"
@@ -79,7 +80,7 @@ class PopulationStep:
         self.task, self.skipped_steps = task, 0
 
     def pipeline(self) -> list:
-        phases = [(lambda: self.population.clip_grad_norms_(self.max_norms), True)] if bool(self.max_norms.any()) else []
+        phases = [(lambda: self.population.clip_grad_norms_(self.max_norms), True)] if self.clips else []
         if self.filter:
             phases.append((lambda: self.filter.step(self.active),
                            self.filter.kind == "ema" and not self.cfg.two_stage))
