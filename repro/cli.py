@@ -10,9 +10,9 @@ from repro.memory import check_fits
 def run(config_cls, task_cls, description: str, argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
-        argv, members = split_population_flags(argv)
-        cfg = load_config(config_cls, argv, description)
-        if members is not None:
+        flags, members = split_population_flags(argv)
+        cfg = load_config(config_cls, flags, description)
+        if members is not None:  # the headers record the whole command, --population included
             return run_population(population_configs(cfg, members), task_cls, argv)
         check_fits(cfg, task_cls)  # before anything is allocated or written
         from repro.engine import Trainer  # after parsing, so `--help` and flag errors are instant
