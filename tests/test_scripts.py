@@ -8,7 +8,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TABLE_SCRIPTS = sorted(p.name for p in (REPO / "scripts").glob("reproduce_*.sh"))
-COMMANDS = TABLE_SCRIPTS + ["run_on_gpu.sh", "gpu_pack.sh"]  # common.sh is sourced, not run
+COMMANDS = TABLE_SCRIPTS + ["run_on_gpu.sh"]  # common.sh is sourced, not run
 
 
 def bash(script: str, *args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
