@@ -56,18 +56,6 @@ HUGE = ["1000000000", "1e12", str(10**20), str(2**64), "1e308", "1e400", str(10*
 JUNK = ["", "abc", "2.5", "nan", "-1", "0", "true", "[1]", "{a: 1}", "0x10", "1_000", " 3", "é", "a/../b", "\x00"]
 
 
-# Tracebacks the fuzz found outside the code this test's fixes cover, each reproduced by a case of
-# test_known_traceback below (strict: once fixed, that test fails until its entry here is removed).
-KNOWN = {
-    "imdb_bce_nan": (RuntimeError, "all elements of input should be between 0 and 1",
-                     "IMDb's loss: F.binary_cross_entropy raises on a NaN forward (on CUDA a device-side "
-                     "assert) before the engine's non-finite check sees it"),
-}
-KNOWN_CASES = {
-    "imdb_bce_nan": ("main_imdb.py", ["--init_scale", "1e38"]),
-}
-
-
 def field_kinds(config_cls) -> dict:
     kinds = {f.name: f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
                                                                  "bool": bool}[f.type] for f in fields(config_cls)}
@@ -135,13 +123,7 @@ def run_case(script: str, argv: list[str], out_dir, data_dir) -> int:
 @pytest.mark.parametrize("script, argv", cases())
 def test_any_flags_end_in_a_run_or_one_line(script, argv, tmp_path, data_dir, capsys):
     out_dir = tmp_path / "run"
-    try:
-        code = run_case(script, argv, out_dir, data_dir)
-    except Exception as exc:  # noqa: BLE001 - a known one is marked, any other fails the test
-        known = [why for kind, words, why in KNOWN.values() if isinstance(exc, kind) and words in str(exc)]
-        if known:
-            pytest.xfail(f"known, not fixed here: {known[0]}")
-        raise
+    code = run_case(script, argv, out_dir, data_dir)  # a traceback fails the test
     err = capsys.readouterr().err
     assert code in (0, 2), (argv, err)
     if code == 2:
@@ -151,11 +133,8 @@ def test_any_flags_end_in_a_run_or_one_line(script, argv, tmp_path, data_dir, ca
         assert (out_dir / "summary.json").is_file(), argv
 
 
-
-@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.xfail(raises=KNOWN[name][0], strict=True,
-                                                                             reason=KNOWN[name][2]))
-                                  for name in KNOWN_CASES])
-def test_known_traceback(name, tmp_path, data_dir):
-    """Each known traceback, reproduced: once fixed this XPASSes and fails; then drop its KNOWN entry."""
-    script, flags = KNOWN_CASES[name]
-    assert run_case(script, TASKS[script][3] + flags, tmp_path / "run", data_dir) in (0, 2)
+def test_a_nan_imdb_forward_ends_in_one_line(tmp_path, data_dir, capsys):
+    """It was a traceback: torch's BCE refused the NaN probabilities of a diverged LSTM (init x 1e38)."""
+    code = run_case("main_imdb.py", TASKS["main_imdb.py"][3] + ["--init_scale", "1e38"], tmp_path / "run", data_dir)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: non-finite") and len(err.splitlines()) == 1

@@ -132,7 +132,12 @@ def bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> to
     because with init x6 the sigmoid saturates and the two differ in value and gradient). In fp32 and
     outside autocast: CUDA autocast refuses binary_cross_entropy as unsafe in half precision."""
     with torch.autocast(prob.device.type, enabled=False):
-        return F.binary_cross_entropy(prob.float(), target.float(), reduction=reduction)
+        prob = prob.float()
+        # torch's BCE refuses a NaN input (a traceback, on CUDA a device assert): NaN enters as 0.5 and
+        # comes back through `+ 0 * sum`, so a diverged forward gives a NaN loss for the engine's check;
+        # for finite probabilities both are exact no-ops (values and gradients unchanged)
+        loss = F.binary_cross_entropy(torch.nan_to_num(prob, nan=0.5), target.float(), reduction=reduction)
+        return loss + 0.0 * prob.sum()
 
 
 class ImdbTask(Task):
