@@ -223,7 +223,7 @@ class PopulationTrainer(Trainer):
         m.folder.save_checkpoint(state)
 
     def _check_early_stop(self, new_records: list[dict]) -> None:
-        """Called by the loop's start with the resumed records (handled in _load_members)."""
+        """Per member instead: in _flush, and for resumed records in _load_members."""
 
     def _check_finite(self, losses: torch.Tensor, first_step: int) -> None:
         """Per member: a non-finite loss since the last flush stops that member."""

@@ -128,7 +128,7 @@ class RunFolder:
         found = [name for name in RUN_FILES if (self.path / name).exists()]
         if not found:
             return
-        records = sum(1 for _ in (self.path / "metrics.jsonl").open("rb")) if "metrics.jsonl" in found else 0
+        records = (self.path / "metrics.jsonl").read_bytes().count(b"\n") if "metrics.jsonl" in found else 0
         print(f"note: {self.path} holds an unfinished run with no checkpoint ({records} logged evaluations): "
               f"starting it afresh")
         for name in found:
