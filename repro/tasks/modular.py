@@ -3,6 +3,19 @@
 Data: every pair x in [0, p), y in [1, p) (9312 equations for p = 97), tokens [x, op, y, eq],
 answer c at the last position; a random split (train_fraction of the pairs train, the rest val).
 
+Operations (--operation), the binary operations of Power et al. (2022), every answer reduced mod p:
+    mul         x * y               (the paper's tables 1-2; the reference's code)
+    add         x + y
+    sub         x - y
+    div         x / y = x * y^(p-2)  (Fermat's inverse of y; p prime)
+    sq_sum      x^2 + y^2
+    quad        x^2 + x*y + y^2
+    cube_xy     x^3 + x*y
+    cube_xy2_y  x^3 + x*y^2 + y
+Pairs: Power et al. take 0 <= x, y < p, except 0 < y for division; here every operation uses the
+reference's pairs for mul / div, x in [0, p), y in [1, p), so all share the same p(p-1) equations, split
+and epoch length (y = 0 drops p of the paper's p^2 equations, 1%, for the operations other than div).
+
 Metrics, as the reference's: `val_loss` / `val_acc` over the whole validation split after each epoch
 (every `eval_every` updates); `train_loss` / `train_acc` the mean over the training batches of the
 updates since the previous evaluation (an epoch), each taken from the forward of its own update
@@ -27,7 +40,7 @@ from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task
 
-OPERATIONS = ("mul", "add", "sub", "div")
+OPERATIONS = ("mul", "add", "sub", "div", "sq_sum", "quad", "cube_xy", "cube_xy2_y")
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,8 @@ class ModularConfig(Config):
     CHOICES: ClassVar[dict] = {"operation": OPERATIONS}
     HELP: ClassVar[dict] = {
         "p": "the modulus, a prime >= 3",
-        "operation": "x o y mod p: mul, add, sub or div (the paper's tables: mul)",
+        "operation": "x o y mod p: mul x*y, add x+y, sub x-y, div x/y, sq_sum x^2+y^2, quad x^2+xy+y^2, "
+                     "cube_xy x^3+xy, cube_xy2_y x^3+xy^2+y (Power et al. 2022; the paper's tables: mul)",
         "train_fraction": "fraction of the p*(p-1) equations used for training, in (0, 1); the rest validate",
         "dim": "transformer width (a multiple of --num_heads)",
         "num_layers": "transformer blocks",
@@ -94,8 +108,20 @@ def modular_equations(p: int, operation: str) -> torch.Tensor:
         answer = (x + y) % p
     elif operation == "sub":
         answer = (x - y) % p
-    else:  # x / y = x * y^(p-2) mod p (Fermat; p prime)
+    elif operation == "div":  # x / y = x * y^(p-2) mod p (Fermat; p prime)
         answer = x * torch.tensor([pow(int(v), p - 2, p) for v in y]) % p
+    else:  # polynomials, each product reduced mod p so that no intermediate exceeds p^2
+        xx, xy = x * x % p, x * y % p
+        if operation == "sq_sum":
+            answer = (xx + y * y % p) % p
+        elif operation == "quad":
+            answer = (xx + xy + y * y % p) % p
+        elif operation == "cube_xy":
+            answer = (xx * x % p + xy) % p
+        elif operation == "cube_xy2_y":
+            answer = (xx * x % p + xy * y % p + y) % p
+        else:
+            raise ValueError(f"unknown operation {operation!r}")
     return torch.stack([x, torch.full_like(x, op_token), y, torch.full_like(x, eq_token), answer])
 
 
