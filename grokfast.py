@@ -5,6 +5,14 @@ Depends on torch only.
 
 Conventions (per parameter, g = its raw gradient this step):
     EMA: h = alpha*h + (1-alpha)*g, h seeded with a copy of the first g, no bias correction; g += lamb*h.
+    EMA high-pass (kind='ema_highpass', not in the paper; GradFilter only): the same h, then
+         g += lamb*(g - h), i.e. g_hat = g + lamb*(g - EMA_alpha(g)): the fast part amplified, the mirror
+         of Grokfast's low-pass g + lamb*EMA_alpha(g) (issue 21 Q5: do slow gradients matter?). Its
+         first step leaves g unchanged (h == g there). In frequency terms (gradients as a sequence in
+         t, z = e^{i*omega}): EMA's transfer is (1-alpha)/(1-alpha*z^-1), so low-pass gives
+         1 + lamb*EMA (gain 1+lamb at omega=0, ~1 at high frequency) and high-pass 1 + lamb*(1-EMA)
+         (gain 1 at omega=0, up to ~1+lamb at high frequency); the crossover is near the EMA's
+         cut-off omega_c = (1-alpha) rad/step, i.e. (1-alpha)/(2*pi) cycles per step.
     MA:  window = the last w raw gradients; g += lamb*mean(window) ('mean', divided by the current
          window length) or lamb*sum(window) ('sum'); warmup=True applies nothing until the window is full.
 The state only ever sees raw gradients, never the amplified ones. Parameters with
@@ -41,7 +49,7 @@ Correct placement in real training (GradFilter.attach(optimizer) gets all of the
       called, so the hook does not run and the filter state is not polluted.
     - No host synchronisation in step(): no .item(), no branching on tensor values, safe in a tight
       GPU loop. The EMA step, once its state exists, is two foreach kernels per device/dtype group and
-      can be captured in a CUDA graph; MA's ring position is a Python int, so a captured MA graph would
+      can be captured in a CUDA graph (the high-pass step three, equally capturable); MA's ring position is a Python int, so a captured MA graph would
       replay a single slot (not supported).
 """
 from __future__ import annotations
@@ -63,9 +71,12 @@ except ImportError:  # pragma: no cover - older torch
         return ["cuda"]
 
 
+KINDS = ("ema", "ema_highpass", "ma")
+
+
 def _validate(kind="ema", alpha=0.0, lamb=0.0, window_size=1, filter_type="mean"):
-    if kind not in ("ema", "ma"):
-        raise ValueError(f"Invalid kind value: {kind!r} (expected 'ema' or 'ma')")
+    if kind not in KINDS:
+        raise ValueError(f"Invalid kind value: {kind!r} (expected 'ema', 'ema_highpass' or 'ma')")
     if not (isinstance(alpha, numbers.Real) and 0.0 <= alpha < 1.0):
         raise ValueError(f"Invalid alpha value: {alpha}")
     if not (isinstance(lamb, numbers.Real) and math.isfinite(lamb)):
@@ -92,17 +103,22 @@ def _groups(items, foreach: bool):
     return out.values()
 
 
-def _ema_(hs, gs, alpha: float, lamb: float, apply: bool, foreach: bool) -> None:
-    """In place: h = alpha*h + (1-alpha)*g (as lerp); then, if apply, g += lamb*h. For foreach, the
-    tensors must share one device and dtype."""
+def _ema_(hs, gs, alpha: float, lamb: float, apply: bool, foreach: bool, highpass: bool = False) -> None:
+    """In place: h = alpha*h + (1-alpha)*g (as lerp); then, if apply, g += lamb*h (low-pass, Grokfast)
+    or, with highpass, g += lamb*(g - h) (g - h formed first, then added: no (1+lamb)*g - lamb*h
+    cancellation). For foreach, the tensors must share one device and dtype."""
     if foreach:
         torch._foreach_lerp_(hs, gs, 1.0 - alpha)
-        if apply:
+        if apply and highpass:
+            torch._foreach_add_(gs, torch._foreach_sub(gs, hs), alpha=lamb)
+        elif apply:
             torch._foreach_add_(gs, hs, alpha=lamb)
     else:
         for g, h in zip(gs, hs):
             h.lerp_(g, 1.0 - alpha)
-            if apply:
+            if apply and highpass:
+                g.add_(g - h, alpha=lamb)
+            elif apply:
                 g.add_(h, alpha=lamb)
 
 
@@ -243,22 +259,23 @@ class GradFilter:
     """Grokfast filter object for new code; `step()` filters the current .grads in place.
 
     kind='ema': h = alpha*h + (1-alpha)*g, seeded with a copy of the first g, no bias correction; g += lamb*h.
+    kind='ema_highpass': the same h; g += lamb*(g - h) (amplifies the fast part; see the module docstring).
     kind='ma':  g += lamb*mean(last w raw g) ('mean', over the current length) or lamb*sum (...) ('sum');
                 warmup=True applies nothing until the window is full.
 
     Args:
         params: an nn.Module (state keyed by parameter name) or an iterable of parameters (keyed by
             position).
-        kind: 'ema' or 'ma'.
+        kind: 'ema', 'ema_highpass' or 'ma'.
         alpha: EMA decay, 0 <= alpha < 1 (reference default 0.98).
-        lamb: amplification; None = the reference's default for `kind` (EMA 2.0, MA 5.0).
+        lamb: amplification; None = the reference's default for `kind` (EMA 2.0, MA 5.0; high-pass 2.0).
         window_size, filter_type, warmup: MA settings (reference defaults 100, 'mean', True).
         foreach: True = torch._foreach_* kernels (grouped by device and dtype), False = a per-tensor
             loop, None = torch.optim's default (foreach when all gradients are on CUDA).
         enabled: False records gradients in the state but leaves them unchanged (the reference's
             trigger=True). Settable at any time: `filter.enabled = step >= 500`.
 
-    State per parameter (see state_dict): EMA {'ema': tensor}; MA {'window': tensor (w, *shape),
+    State per parameter (see state_dict): EMA and EMA high-pass {'ema': tensor}; MA {'window': tensor (w, *shape),
     a ring buffer, 'sum': running sum of the window, 'count': gradients recorded so far; the next
     slot is count % w}. MA's 'window' and 'sum' are views into one ring and one sum shared by the
     parameters stepped together (same device, dtype and count); state_dict() returns those views.
@@ -278,7 +295,7 @@ class GradFilter:
         enabled: bool = True,
     ):
         if lamb is None:
-            lamb = 2.0 if kind == "ema" else 5.0
+            lamb = 5.0 if kind == "ma" else 2.0
         _validate(kind, alpha, lamb, window_size, filter_type)
         if isinstance(params, nn.Module):
             self._params = list(params.named_parameters())
@@ -294,7 +311,7 @@ class GradFilter:
         self._plan: _Plan | None = None  # cached grouping of the parameters (see _make_plan)
 
     def __repr__(self) -> str:
-        hp = f"alpha={self.alpha}" if self.kind == "ema" else (
+        hp = f"alpha={self.alpha}" if self.kind != "ma" else (
             f"window_size={self.window_size}, filter_type={self.filter_type!r}, warmup={self.warmup}")
         return (f"GradFilter(kind={self.kind!r}, {hp}, lamb={self.lamb}, foreach={self.foreach}, "
                 f"enabled={self.enabled}, params={len(self._params)})")
@@ -308,7 +325,7 @@ class GradFilter:
         if plan is None or plan.present != present or any(
                 grads[group.index[0]].dtype != group.dtype for group in plan.groups):
             plan = self._plan = self._make_plan(grads, present)
-        run = self._run_ema if self.kind == "ema" else self._run_ma
+        run = self._run_ma if self.kind == "ma" else self._run_ema
         for group in plan.groups:
             run(group, [grads[i] for i in group.index])
 
@@ -324,7 +341,7 @@ class GradFilter:
         for i, key, g in items:
             st = self.state.get(key)
             if st is None:  # MA: its window and sum are made by the group (views of the group's ring)
-                st = self.state[key] = {"ema": g.clone()} if self.kind == "ema" else {"count": 0}
+                st = self.state[key] = {"count": 0} if self.kind == "ma" else {"ema": g.clone()}
             # EMA state starts as a copy of g: the lerp then leaves h == g exactly
             bucket = (g.device, g.dtype) if foreach or self.kind == "ma" else ()
             buckets.setdefault(bucket + ((st["count"],) if self.kind == "ma" else ()), []).append((i, key, st, g))
@@ -337,7 +354,8 @@ class GradFilter:
         return _Plan(present, foreach, groups)
 
     def _run_ema(self, group: _Group, gs: list) -> None:
-        _ema_(group.emas, gs, self.alpha, self.lamb, self.enabled, self._plan.foreach)
+        _ema_(group.emas, gs, self.alpha, self.lamb, self.enabled, self._plan.foreach,
+              highpass=self.kind == "ema_highpass")
 
     def _run_ma(self, group: _Group, gs: list) -> None:
         w, foreach = self.window_size, self._plan.foreach

@@ -16,7 +16,7 @@ import yaml
 
 from repro.errors import UserError
 
-FILTERS = ("none", "ema", "ma")
+FILTERS = ("none", "ema", "ma", "ema_highpass")
 OPTIMIZERS = ("Adam", "AdamW", "SGD")
 FILTER_TYPES = ("mean", "sum")
 NONFINITE_POLICIES = ("stop", "skip")
@@ -97,7 +97,8 @@ class Config:
         "grad_accum_steps": "micro-batches per step (1 .. batch_size): the batch is split, gradients summed, "
                             "filtered once",
         "amp": "autocast the forward: none (float32), fp16 (with a gradient scaler) or bf16",
-        "filter": "the Grokfast filter: none, ema (--alpha, --lamb) or ma (--window_size, --lamb, --filter_type)",
+        "filter": "the Grokfast filter: none, ema (--alpha, --lamb), ma (--window_size, --lamb, --filter_type) "
+                  "or ema_highpass (--alpha, --lamb: g += lamb*(g - EMA), the fast part amplified; not the paper's)",
         "alpha": "EMA decay, in [0, 1): h = alpha*h + (1-alpha)*g, then g += lamb*h",
         "window_size": "MA window, in steps (>= 1)",
         "lamb": "the filter's gain lambda: g += lamb * (EMA or MA of past gradients)",
@@ -344,6 +345,8 @@ def run_name(cfg: Config, task_part: str) -> str:
     parts = [task_part]
     if cfg.filter == "ema":
         parts.append(f"ema_a{cfg.alpha:g}_l{cfg.lamb:g}")
+    elif cfg.filter == "ema_highpass":
+        parts.append(f"emahp_a{cfg.alpha:g}_l{cfg.lamb:g}")
     elif cfg.filter == "ma":
         parts.append(f"ma_w{cfg.window_size}_l{cfg.lamb:g}" + ("_sum" if cfg.filter_type == "sum" else "")
                      + ("_2stage" if cfg.two_stage else ""))

@@ -58,7 +58,8 @@ NOT_STACKABLE = {
 
 def check_member_configs(cfgs: Sequence) -> None:
     """Raise UserError unless the configs can form one population: equal in every field outside
-    MEMBER_FIELDS, and the members with a filter all using one kind ('ema' or 'ma')."""
+    MEMBER_FIELDS, and the members with a filter all using one kind ('ema' or 'ma'; 'ema_highpass' counts as
+    'ema')."""
     if not cfgs:
         raise UserError("a population needs at least one member")
     first = cfgs[0].to_dict()
@@ -67,7 +68,7 @@ def check_member_configs(cfgs: Sequence) -> None:
             if key not in MEMBER_FIELDS and value != first.get(key):
                 raise UserError(f"population members 0 and {i} differ in '{key}' ({first.get(key)!r}, {value!r}), "
                                 f"which members must share")
-    kinds = {cfg.filter for cfg in cfgs} - {"none"}
+    kinds = {"ema" if cfg.filter == "ema_highpass" else cfg.filter for cfg in cfgs} - {"none"}  # share EMA state
     if len(kinds) > 1:
         raise UserError(f"population members mix filter kinds {sorted(kinds)}; one kind (or none) per population")
 

@@ -2,7 +2,9 @@
 
 Member i follows grokfast.GradFilter's conventions with its own alpha_i and lamb_i:
     EMA: h = alpha_i*h + (1-alpha_i)*g (as h.lerp(g, 1-alpha_i)), h seeded with the member's first g,
-         no bias correction; g += lamb_i*h.
+         no bias correction; g += lamb_i*h. With highpass[i] (GradFilter's kind 'ema_highpass'), the same
+         h, then g += lamb_i*(g - h), written torch.addcmul(g, g - h, lamb_i) (GradFilter: g.add_(g - h,
+         alpha=lamb)). Low- and high-pass members share one stacked EMA state, so they stack together.
     MA:  the last w raw gradients (w shared) in a ring with a running sum (an exact re-sum each time
          the ring wraps); g += lamb_i*mean(window) ('mean', over the current length) or lamb_i*sum
          ('sum'); warmup=True applies nothing until the window is full.
@@ -46,6 +48,8 @@ class StackedGradFilter:
         kind: 'ema' or 'ma' (shared).
         alpha, lamb: one float per member (alpha is EMA's decay, 0 <= alpha < 1; lamb finite).
         on: one bool per member: False = no filter for that member.
+        highpass: EMA only, one bool per member (default all False): True = the member's kind is
+            'ema_highpass' (g += lamb*(g - h) instead of g += lamb*h).
         window_size, filter_type, warmup: MA settings, shared (GradFilter's defaults).
         enabled: as GradFilter's, shared; settable at any time.
 
@@ -55,11 +59,14 @@ class StackedGradFilter:
 
     def __init__(self, param: torch.Tensor, kind: str = "ema", *, alpha: Sequence[float], lamb: Sequence[float],
                  on: Sequence[bool], window_size: int = 100, filter_type: str = "mean", warmup: bool = True,
-                 enabled: bool = True):
+                 enabled: bool = True, highpass: Sequence[bool] | None = None):
         size = param.shape[0]
+        highpass = [False] * size if highpass is None else list(highpass)
         _check(param.ndim >= 2, "param must be stacked: [members, ...]")
         _check(kind in KINDS, f"Invalid kind value: {kind!r} (expected 'ema' or 'ma')")
-        _check(len(alpha) == len(lamb) == len(on) == size, f"alpha, lamb and on need one value per member ({size})")
+        _check(len(alpha) == len(lamb) == len(on) == len(highpass) == size,
+               f"alpha, lamb, on and highpass need one value per member ({size})")
+        _check(kind == "ema" or not any(highpass), "highpass needs kind 'ema'")
         for i, (a, lam) in enumerate(zip(alpha, lamb)):
             _check(0.0 <= a < 1.0, f"Invalid alpha value of member {i}: {a}")
             _check(math.isfinite(lam), f"Invalid lamb value of member {i}: {lam}")
@@ -71,6 +78,8 @@ class StackedGradFilter:
         self.alpha = torch.tensor([float(a) for a in alpha], dtype=torch.float64, device=device)
         self.lamb = torch.tensor([float(lam) for lam in lamb], dtype=torch.float64, device=device)
         self.on = torch.tensor([bool(o) for o in on], dtype=torch.bool, device=device)
+        self.highpass = torch.tensor([bool(x) for x in highpass], dtype=torch.bool, device=device)
+        self._any_highpass = any(highpass)  # a Python bool: step() never syncs on it
         self.window_size, self.filter_type = window_size, filter_type
         self.warmup, self.enabled = bool(warmup), bool(enabled)
         self.counts = torch.zeros(size, dtype=torch.int64, device=device)
@@ -106,8 +115,13 @@ class StackedGradFilter:
         seeded = torch.where(self._col(self.counts == 0), grad, h)  # GradFilter: h = g.clone(), then the lerp
         h_new = torch.lerp(seeded, grad, self._col(1 - self.alpha))  # lerp(g, g, w) == g: the first h is g
         h.copy_(torch.where(stepping, h_new, h))
-        # GradFilter: g.add_(h, alpha=lamb)
-        return torch.addcmul(grad, h_new, self._col(self.lamb)) if self.enabled else None
+        if not self.enabled:
+            return None
+        low = torch.addcmul(grad, h_new, self._col(self.lamb))  # GradFilter: g.add_(h, alpha=lamb)
+        if not self._any_highpass:
+            return low
+        high = torch.addcmul(grad, grad - h_new, self._col(self.lamb))  # GradFilter: g.add_(g - h, alpha=lamb)
+        return torch.where(self._col(self.highpass), high, low)
 
     def _ma(self, grad: torch.Tensor, stepping: torch.Tensor) -> torch.Tensor | None:
         ring, total, w = self.state["ring"], self.state["sum"], self.window_size
@@ -130,7 +144,8 @@ class StackedGradFilter:
 
     def state_dict(self) -> dict:
         """The stacked state (tensors are references, as torch.optim)."""
-        return {"hyperparams": {**self._hyperparams(), "alpha": self.alpha, "lamb": self.lamb, "on": self.on},
+        return {"hyperparams": {**self._hyperparams(), "alpha": self.alpha, "lamb": self.lamb, "on": self.on,
+                                "highpass": self.highpass},
                 "counts": self.counts, "count": self.count, "state": dict(self.state)}
 
     @torch.no_grad()
@@ -142,6 +157,11 @@ class StackedGradFilter:
         self.filter_type, self.warmup, self.enabled = hp["filter_type"], hp["warmup"], hp["enabled"]
         for name in ("alpha", "lamb", "on", "counts"):
             getattr(self, name).copy_(hp[name] if name in hp else state_dict[name])
+        if "highpass" in hp:  # older state dicts: all low-pass
+            self.highpass.copy_(hp["highpass"])
+        else:
+            self.highpass.zero_()
+        self._any_highpass = bool(self.highpass.any())
         self.count = int(state_dict["count"])
         for key, tensor in self.state.items():
             tensor.copy_(state_dict["state"][key])
@@ -153,6 +173,8 @@ class StackedGradFilter:
         if not self.on[i]:
             return None
         hyperparams = {**self._hyperparams(), "alpha": float(self.alpha[i]), "lamb": float(self.lamb[i])}
+        if self.highpass[i]:
+            hyperparams["kind"] = "ema_highpass"
         count = int(self.counts[i])
         state = {}
         if count and self.kind == "ema":
@@ -177,6 +199,7 @@ class StackedGradFilter:
                 continue
             hp = sd["hyperparams"]
             for name, value in self._hyperparams().items():
+                value = "ema_highpass" if name == "kind" and self.highpass[i] else value
                 _check(hp[name] == value, f"member {i}: filter {name} {hp[name]!r}, the population's {value!r}")
             self.alpha[i], self.lamb[i] = hp["alpha"], hp["lamb"]
             self._load_member(i, sd["state"], layout)
@@ -203,14 +226,16 @@ class StackedGradFilter:
 
 def make_stacked_filter(cfgs: Sequence, param: torch.Tensor) -> StackedGradFilter | None:
     """The population's filter from its members' configs, as the engine's make_filter builds a solo
-    run's; None when no member has one. Members with filter 'none' are off."""
+    run's; None when no member has one. Members with filter 'none' are off; 'ema' and 'ema_highpass'
+    members stack (one EMA state, a per-member high-pass switch)."""
     on = [cfg.filter != "none" for cfg in cfgs]
     if not any(on):
         return None
-    kinds = {cfg.filter for cfg in cfgs} - {"none"}
+    kinds = {"ema" if cfg.filter == "ema_highpass" else cfg.filter for cfg in cfgs} - {"none"}
     _check(len(kinds) == 1, f"population members mix filter kinds {sorted(kinds)}")
     shared = {(cfg.window_size, cfg.filter_type) for cfg, o in zip(cfgs, on) if o}
     _check(len(shared) == 1, "population members with a filter differ in window_size or filter_type")
     (window_size, filter_type), = shared
     return StackedGradFilter(param, kinds.pop(), alpha=[cfg.alpha for cfg in cfgs], lamb=[cfg.lamb for cfg in cfgs],
-                             on=on, window_size=window_size, filter_type=filter_type)
+                             on=on, window_size=window_size, filter_type=filter_type,
+                             highpass=[cfg.filter == "ema_highpass" for cfg in cfgs])

@@ -88,7 +88,7 @@ class StepRunner:
         a switch flipped mid-run (two-stage) would be frozen into a graph."""
         phases = [(self._clip, True)] if self.cfg.clip_grad_norm else []
         if self.filter and not self.precision.scaler:  # with a scaler the filter runs in scaler.step
-            phases.append((self.filter.step, self.filter.kind == "ema" and not self.cfg.two_stage))
+            phases.append((self.filter.step, self.filter.kind in ("ema", "ema_highpass") and not self.cfg.two_stage))
         phases.append((lambda: self.precision.step(self.optimizer), self.cfg.optimizer in ("Adam", "AdamW")))
         return phases
 

@@ -31,7 +31,7 @@ def test_help_lists_choices_and_keeps_the_examples_as_written(script):
                             timeout=60, env={"COLUMNS": "120", "PATH": ""})
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    for option in ("--filter {none,ema,ma}", "--optimizer {Adam,AdamW,SGD}", "--amp {none,fp16,bf16}",
+    for option in ("--filter {none,ema,ma,ema_highpass}", "--optimizer {Adam,AdamW,SGD}", "--amp {none,fp16,bf16}",
                    "--on_nonfinite {stop,skip}"):
         assert option in out, option
     doc = ast.get_docstring(ast.parse((REPO / script).read_text()))
