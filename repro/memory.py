@@ -65,7 +65,7 @@ def breakdown(cfg, task_cls, device_type: str = "cpu") -> dict[str, int]:
         optimizer = 2 * params
     else:
         optimizer = params if cfg.momentum else 0
-    if cfg.filter == "ema":
+    if cfg.filter in ("ema", "ema_highpass"):  # one EMA per parameter either way
         filter_state = params
     elif cfg.filter == "ma":
         filter_state = (cfg.window_size + 1) * params

@@ -42,7 +42,7 @@ LABELS = {"lamb": "λ (filter gain)", "alpha": "α (EMA decay)", "window_size": 
           "momentum": "SGD momentum", "optimizer": "optimizer", "filter": "filter", "seed": "seed",
           "operation": "operation", "batch_size": "batch size", "init_scale": "initial weight scale"}
 # settings worth naming in a title when the sweep holds them fixed, with when they matter
-TITLE_KEYS = {"filter": lambda c: True, "alpha": lambda c: c["filter"] == "ema",
+TITLE_KEYS = {"filter": lambda c: True, "alpha": lambda c: c["filter"] in ("ema", "ema_highpass"),
               "window_size": lambda c: c["filter"] == "ma", "lamb": lambda c: c["filter"] != "none",
               "optimizer": lambda c: True, "lr": lambda c: True, "momentum": lambda c: c["optimizer"] == "SGD",
               "weight_decay": lambda c: True}

@@ -160,3 +160,11 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert result.returncode == 2, result.stderr
     assert len(result.stderr.splitlines()) == 1 and "needs about" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_the_high_pass_filter_counts_one_ema_state():
+    from repro.config import load_config
+    from repro.tasks.modular import ModularConfig, ModularTask
+    ema, highpass = (memory.estimate_bytes(load_config(ModularConfig, ["--filter", kind, "--device", "cpu"]), ModularTask)
+                     for kind in ("ema", "ema_highpass"))
+    assert ema == highpass > memory.estimate_bytes(load_config(ModularConfig, ["--device", "cpu"]), ModularTask)
