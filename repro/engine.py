@@ -1,13 +1,10 @@
 """The training loop, the only caller of the Grokfast filter (through repro/step.py).
 
-Per step: the update (repro/step.py: batch -> loss -> backward -> clip -> filter -> optimizer step), then,
-where the task says, an evaluation. Nothing in the loop waits for the GPU: losses and evaluation results
-stay on the device, and a flush copies them to the host in one go every `log_every_evals` evaluations (or
-every few seconds). A flush writes the metrics, moves the progress bar, checks early stopping and
-non-finite values, and may save a checkpoint; the run's folder and files belong to repro/run_folder.py.
-
-A non-finite loss, gradient or parameter found at a flush stops the run (exit 2) naming the steps since
-the last flush; no checkpoint is written then, so the last one holds the last finite state checked.
+Per step: the update (repro/step.py), then, where the task says, an evaluation. Nothing in the loop waits
+for the GPU: results stay on the device until a flush (every `log_every_evals` evaluations or few seconds)
+copies them in one go, writes the metrics, moves the progress bar, checks early stopping and non-finite
+values, and may checkpoint (the run's files: repro/run_folder.py). A non-finite loss, gradient or parameter
+stops the run (exit 2) naming its step(s) and writes no checkpoint: the last one holds a finite state.
 """
 import signal
 import time
@@ -25,6 +22,8 @@ from repro.tasks.base import Task
 from repro.timing import Clock, StepTimer
 
 FLUSH_SECONDS = 5.0  # also flush this often, so the progress bar moves and a crash loses little
+# wall time, timers and peak memory of a run's earlier segments: none for a fresh run (a resume reads them)
+NO_EARLIER_SEGMENTS = {"elapsed_s": 0.0, "timer": (0.0, 0), "eval_timer": (0.0, 0), "peak_gpu_mem_mb": None}
 
 
 class Trainer:
@@ -35,7 +34,7 @@ class Trainer:
         self.runner = StepRunner(cfg, self.task, self.device, self.dist)
         self.step, self.window_sums = 0, []  # the task's training-batch sums since the last evaluation
         self.checkpoint_step: int | None = None  # the step of the last checkpoint in the folder
-        self.previous = {"elapsed_s": 0.0, "timer": (0.0, 0), "eval_timer": (0.0, 0), "peak_gpu_mem_mb": None}
+        self.previous = dict(NO_EARLIER_SEGMENTS)
         self.folder = RunFolder(out_dir_for(cfg, self.task.run_name_part()), self.is_main)
         self.out_dir = self.folder.path
         self.cfg, state = self.folder.open(cfg, self.device, self.dist.barrier if self.dist else None)
@@ -46,8 +45,7 @@ class Trainer:
         except BaseException:
             self.folder.close()
             raise
-        self.stopped = "budget"
-        self.interrupted: str | None = None
+        self.stopped, self.interrupted = "budget", None
 
     # ---- state ----------------------------------------------------------------------------------
     def _load(self, state: dict) -> None:
@@ -100,8 +98,7 @@ class Trainer:
         self.timer = StepTimer(self.clock, *self.previous["timer"])
         self.eval_timer = StepTimer(self.clock, *self.previous["eval_timer"])
         self.pending_losses, self.pending_evals = [], []
-        self.nonfinite: str | None = None
-        self.streak = 0
+        self.nonfinite, self.streak = None, 0
         self._check_early_stop(self.folder.log.records)  # a resumed run continues its streak
         self.last_flush = time.monotonic()
         self.progress = tqdm(total=cfg.steps, initial=self.step, desc=self.out_dir.name, dynamic_ncols=True,
@@ -238,13 +235,16 @@ class Trainer:
         return summary
 
     def _summary(self) -> dict:
-        totals = self._totals()  # waits for the GPU's queued work
-        records = self.folder.log.records
-        summary = {"task": self.task.name, "run": self.out_dir.name, "seed": self.cfg.seed, "filter": self.cfg.filter}
-        summary.update(summarize(records, self.step, totals["elapsed_s"], self.timer.mean_ms,
-                                 totals["peak_gpu_mem_mb"], self.folder.device_name(), self.stopped))
-        summary["eval_ms"] = self.eval_timer.mean_ms
+        summary = self.run_summary(self.folder, self.cfg, self.stopped, self._totals())  # waits for the GPU
         if self.runner.skipped_steps:
             summary["skipped_nonfinite_steps"] = self.runner.skipped_steps
-        summary.update(self.task.table_metrics(records))
         return summary
+
+    def run_summary(self, folder: RunFolder, cfg: Config, stopped: str, totals: dict) -> dict:
+        """summary.json of the run in `folder` at this step (a population writes one per member)."""
+        records = folder.log.records
+        summary = {"task": self.task.name, "run": folder.path.name, "seed": cfg.seed, "filter": cfg.filter}
+        summary.update(summarize(records, self.step, totals["elapsed_s"], self.timer.mean_ms,
+                                 totals["peak_gpu_mem_mb"], folder.device_name(), stopped))
+        summary["eval_ms"] = self.eval_timer.mean_ms
+        return {**summary, **self.task.table_metrics(records)}

@@ -17,10 +17,10 @@ import torch
 from repro import checkpoint as ckpt
 from repro.config import Config
 from repro.distributed import resolve_device
-from repro.engine import Trainer
+from repro.engine import NO_EARLIER_SEGMENTS, Trainer
 from repro.errors import RunAlreadyFinished, UserError
 from repro.graphs import GraphedEvaluate, GraphedTrainStep
-from repro.metrics import early_stop, summarize
+from repro.metrics import early_stop
 from repro.population import Population, check_member_configs
 from repro.population_filter import make_stacked_filter
 from repro.population_optim import make_stacked_optimizer
@@ -59,6 +59,9 @@ class PopulationTask:
 
     def stage_eval(self, step: int) -> None:
         self.template.stage_eval(step)
+
+    def table_metrics(self, records: list[dict]) -> dict:
+        return self.template.table_metrics(records)
 
 
 class PopulationStep:
@@ -151,7 +154,7 @@ class PopulationTrainer(Trainer):
             raise
         self.task, self.cfg = self.runner.task, self.members[0].cfg
         self.step, self.window_sums, self.checkpoint_step = steps.pop(), [], None
-        self.previous = {"elapsed_s": 0.0, "timer": (0.0, 0), "eval_timer": (0.0, 0), "peak_gpu_mem_mb": None}
+        self.previous = dict(NO_EARLIER_SEGMENTS)
         if self.step:
             self._load_members()
         paths = [str(m.folder.path) for m in self.members]
@@ -265,34 +268,28 @@ class PopulationTrainer(Trainer):
         self._close_stopped()
 
     def _close_stopped(self) -> None:
-        """Members stopped at this flush: frozen in the population, their folders finished."""
         stopping = [i for i, m in enumerate(self.members) if not m.done and m.stopped != "budget"]
-        if not stopping:
-            return
-        self.clock.sync()
-        for i in stopping:
-            self.runner.active[i] = False
-        sums, layout, totals = self._train_sums(), self.population.layout, self._totals()
-        for i in stopping:
-            m = self.members[i]
-            if not m.stopped.startswith("non-finite"):
-                self._save_member(i, m, sums, layout, totals)
-            self._finish_member(m, totals)
+        if stopping:
+            self._close(stopping)
         if all(m.done for m in self.members):
             self.stopped = "every member stopped"
 
-    def _finish_member(self, m: Member, totals: dict) -> None:
-        records = m.folder.log.records
-        summary = {"task": self.task.name, "run": m.folder.path.name, "seed": m.cfg.seed, "filter": m.cfg.filter,
-                   "population_size": len(self.members)}
-        summary.update(summarize(records, self.step, totals["elapsed_s"], self.timer.mean_ms,
-                                 totals["peak_gpu_mem_mb"], m.folder.device_name(), m.stopped))
-        summary["eval_ms"] = self.eval_timer.mean_ms
-        summary.update(self.population.template.table_metrics(records))
-        m.folder.write_summary(summary)
-        m.folder.close()
-        m.done = True
-        self.summaries[m.folder.path] = summary
+    def _close(self, indices: list[int]) -> None:
+        """Members that stop now: frozen in the population, checkpointed unless they diverged, their
+        folders finished with their summaries."""
+        self.clock.sync()
+        for i in indices:
+            self.runner.active[i] = False
+        sums, layout, totals = self._train_sums(), self.population.layout, self._totals()
+        for i in indices:
+            m = self.members[i]
+            if not m.stopped.startswith("non-finite"):
+                self._save_member(i, m, sums, layout, totals)
+            summary = {**self.run_summary(m.folder, m.cfg, m.stopped, totals), "population_size": len(self.members)}
+            m.folder.write_summary(summary)
+            m.folder.close()
+            m.done = True
+            self.summaries[m.folder.path] = summary
 
     def run(self) -> dict:
         self.summaries = {}
@@ -306,13 +303,9 @@ class PopulationTrainer(Trainer):
             for m in self.members:
                 if not m.done:
                     m.stopped = f"interrupted ({self.interrupted}) at step {self.step}"
-        live = [(i, m) for i, m in enumerate(self.members) if not m.done]
+        live = [i for i, m in enumerate(self.members) if not m.done]
         if live:
-            self.clock.sync()
-            sums, layout, totals = self._train_sums(), self.population.layout, self._totals()
-            for i, m in live:
-                self._save_member(i, m, sums, layout, totals)
-                self._finish_member(m, totals)
+            self._close(live)
         diverged = [m for m in self.members if m.stopped.startswith("non-finite")]
         for m in diverged:
             print(f"error: {m.folder.path}: {m.stopped}", file=sys.stderr)

@@ -1,7 +1,6 @@
 """MNIST and IMDb loaders on the real data (shared/data); no synthetic data anywhere."""
 import gzip
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 

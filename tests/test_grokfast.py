@@ -500,10 +500,11 @@ def test_grad_scaler_manual_order():
 
 
 @pytest.mark.skipif(not CUDA, reason="no CUDA")
-def test_ema_step_captures_in_a_cuda_graph():
+@pytest.mark.parametrize("kind", ["ema", "ema_highpass"])
+def test_ema_step_captures_in_a_cuda_graph(kind):
     params = [torch.zeros(4, 3, device="cuda", requires_grad=True), torch.zeros(7, device="cuda", requires_grad=True)]
     eager = [p.detach().clone().requires_grad_() for p in params]
-    graphed, reference = GradFilter(params, "ema", alpha=0.9), GradFilter(eager, "ema", alpha=0.9)
+    graphed, reference = GradFilter(params, kind, alpha=0.9), GradFilter(eager, kind, alpha=0.9)
     for p in params + eager:
         p.grad = torch.zeros_like(p)
     graphed.step()  # create the state outside the capture

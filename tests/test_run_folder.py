@@ -1,7 +1,6 @@
 """Faults around a run folder: what a crash, a second process or a damaged file leaves behind ends in a
 run that continues or in one line (exit 2) with nothing changed; never a traceback or lost data."""
 import json
-import os
 import subprocess
 import sys
 import time
