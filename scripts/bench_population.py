@@ -9,7 +9,9 @@ makes M * S / W run-steps per second. Layouts (a row each in the JSON):
                in a mode: `graph` (PopulationStep's CUDA graphs, as the engine runs it), `eager` (no
                graphs), `compile` (torch.compile of the population's loss, no graphs) or `compile+graph`
                (the compiled loss inside PopulationStep's graphs); the engine itself does not compile a
-               population's loss, so the compile modes measure what that would give;
+               population's loss, so the compile modes measure what that would give; `vmap+graph`: as
+               `graph`, but through the generic torch.func.vmap path (Population.native off) that tasks
+               without population_* methods take, instead of mod-97's batched Decoder;
   processes    N separate `main.py` processes at once, each training one solo run, without and with
                CUDA MPS (a daemon started and stopped here, in a temp folder).
 
@@ -70,7 +72,7 @@ from repro.metrics import git_commit  # noqa: E402
 
 DEFAULT_OUT = "results/bench/population_h200.json"
 DEFAULT_CONFIG = "configs/modular/ema.yaml"
-MODES = ("graph", "eager", "compile", "compile+graph")
+MODES = ("graph", "eager", "compile", "compile+graph", "vmap+graph")
 PRECISIONS = ("fp32", "tf32")
 GOAL_ANY, GOAL_FP32 = 20_000, 8_000  # run-steps/s (issue 19)
 GRACE_S = 20  # how far past the time budget a running worker or process set may go before it is killed
@@ -78,7 +80,8 @@ GRACE_S = 20  # how far past the time budget a running worker or process set may
 # and the worker exits as after an error that broke its CUDA context), crash (the worker dies)
 FAULT_ENV = "GROKFAST_BENCH_FAULT"
 # seconds a layout is assumed to take before one like it has run (the time guard's estimates)
-FIRST_ESTIMATE_S = {"solo": 10.0, "graph": 15.0, "eager": 15.0, "compile": 60.0, "compile+graph": 60.0}
+FIRST_ESTIMATE_S = {"solo": 10.0, "graph": 15.0, "eager": 15.0, "compile": 60.0, "compile+graph": 60.0,
+                    "vmap+graph": 15.0}
 
 ROW_KEYS = ("layout", "members", "precision", "mode", "run_steps_per_s", "ms_per_step", "peak_gpu_mem_mb",
             "peak_gpu_mem_mb_per_member", "steps", "warmup_steps", "wall_s", "run_steps_per_s_with_eval",
@@ -140,7 +143,7 @@ def build(spec: dict, job: dict, device: torch.device):
 
     cfg = base_config(job)
     mode = spec["mode"]
-    cfg = dataclasses.replace(cfg, cuda_graphs=mode in ("graph", "compile+graph"))
+    cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph"))
     if spec["layout"] == "solo":
         task = ModularTask(cfg, device)
         runner = StepRunner(cfg, task, device, None)
@@ -148,6 +151,7 @@ def build(spec: dict, job: dict, device: torch.device):
     cfgs = population_configs(cfg, [{"seed": i} for i in range(spec["members"])])  # as main.py --seeds 0..M-1
     check_member_configs(cfgs)
     population = Population([ModularTask(c, device) for c in cfgs])
+    population.native = mode != "vmap+graph"  # vmap: the generic path, as tasks without population_* methods
     if mode.startswith("compile"):
         population.loss_and_sums = torch.compile(population.loss_and_sums)
     runner = PopulationStep(cfgs, population, device)

@@ -106,7 +106,7 @@ def test_train_metrics_are_the_epochs_batch_means_before_each_update(tmp_path):
     for step in range(22):
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * min(step / cfg.warmup_steps, 1.0)
-        batch = task.train_batch(step)
+        batch = task.train_data[:, task.train_batch(step)]
         logits = model(batch[:4])
         loss = F.cross_entropy(logits, batch[4])
         loss_sum += loss.item() * batch.shape[1]

@@ -21,6 +21,9 @@ class Task:
     # the dimension of train_batch()'s tensor that indexes examples, so the engine can cut a batch for
     # gradient accumulation or data parallelism; None: the batch cannot be cut (neither is offered)
     batch_dim: int | None = None
+    # True when the task writes its loss and evaluation for a population's stacked members itself
+    # (population_loss_and_sums, population_evaluate: faster than vmap over its own methods)
+    population_native: bool = False
 
     def train_batch(self, step: int) -> Any:
         """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no
@@ -67,6 +70,17 @@ class Task:
 
     def run_name_part(self) -> str:
         return self.name
+
+    def population_loss_and_sums(self, params: dict, data: dict,
+                                 batch: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """With population_native: loss_and_sums of M members at once -> (losses [M], sums [M, k] or None).
+        params: {parameter name: [M, *shape]}; data: every tensor attribute of the task, [M, ...] (member
+        i's value in row i); batch: the members' train_batch(step) stacked on a new dim 0."""
+        raise NotImplementedError
+
+    def population_evaluate(self, params: dict, data: dict, step: int) -> dict[str, torch.Tensor]:
+        """With population_native: evaluate(step) of M members at once -> {metric: [M]}."""
+        raise NotImplementedError
 
 
 class EpochBatches:

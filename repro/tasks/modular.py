@@ -39,6 +39,7 @@ from repro.config import Config
 from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task
+from repro.tasks.modular_stacked import stacked_decoder_logits
 
 OPERATIONS = ("mul", "add", "sub", "div", "sq_sum", "quad", "cube_xy", "cube_xy2_y")
 
@@ -189,7 +190,8 @@ class Decoder(nn.Module):
 class ModularTask(Task):
     name = "modular"
     graph_safe_loss = graph_safe_eval = True
-    batch_dim = 1  # (5, batch): rows x, op, y, eq, answer
+    batch_dim = 0  # a batch is a vector of indices into the training equations
+    population_native = True  # population_loss_and_sums / population_evaluate below
 
     @classmethod
     def footprint(cls, cfg: ModularConfig) -> Footprint:
@@ -221,17 +223,19 @@ class ModularTask(Task):
         self.eval_every = cfg.eval_every or self.batches.batches_per_epoch
 
     def train_batch(self, step: int) -> torch.Tensor:
-        return self.train_data[:, self.batches(step)]
+        """Indices into the training equations (the rows are gathered in the loss, inside a CUDA graph)."""
+        return self.batches(step)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         return self.loss_and_sums(batch)[0]
 
     def loss_and_sums(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mean cross-entropy, [summed loss, correct answers, batch size]) of the answers."""
-        logits = self.model(batch[:4])
-        loss = F.cross_entropy(logits, batch[4])
-        n = batch.shape[1]
-        correct = (logits.detach().argmax(-1) == batch[4]).sum()
+        rows = self.train_data[:, batch]
+        logits = self.model(rows[:4])
+        loss = F.cross_entropy(logits, rows[4])
+        n = rows.shape[1]
+        correct = (logits.detach().argmax(-1) == rows[4]).sum()
         return loss, torch.stack([loss.detach() * n, correct.to(loss.dtype), loss.new_full((), n)])
 
     def train_metrics(self, sums: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -251,6 +255,31 @@ class ModularTask(Task):
 
     def run_name_part(self) -> str:
         return f"{self.cfg.operation}{self.cfg.p}"
+
+    # ---- a population's calls: every member at once (repro/population.py) ---------------------------
+    def population_loss_and_sums(self, params: dict, data: dict, batch: torch.Tensor):
+        """loss_and_sums of every member: losses [M] and sums [M, 3]; batch [M, B] (each member's indices)."""
+        train = data["train_data"]  # [M, 5, n_train]
+        rows = torch.gather(train, 2, batch[:, None, :].expand(-1, train.shape[1], -1))  # [M, 5, B]
+        logits = stacked_decoder_logits(params, rows[:, :4], self.cfg.num_heads)  # [M, B, vocab]
+        losses, correct = _member_losses(logits, rows[:, 4])
+        n = rows.shape[2]
+        sums = [losses.detach() * n, correct.sum(1).to(losses.dtype), losses.new_full(losses.shape, n)]
+        return losses, torch.stack(sums, 1)
+
+    @torch.no_grad()
+    def population_evaluate(self, params: dict, data: dict, step: int) -> dict[str, torch.Tensor]:
+        """evaluate() of every member: {metric: [M]}."""
+        val = data["val_data"]
+        losses, correct = _member_losses(stacked_decoder_logits(params, val[:, :4], self.cfg.num_heads), val[:, 4])
+        return {"val_loss": losses, "val_acc": correct.float().mean(1)}
+
+
+def _member_losses(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(each member's mean cross-entropy [M], correct answers [M, B]) of logits [M, B, vocab], target [M, B]."""
+    m, batch, vocab = logits.shape
+    losses = F.cross_entropy(logits.reshape(m * batch, vocab), target.reshape(-1), reduction="none").view(m, batch)
+    return losses.mean(1), logits.detach().argmax(-1) == target
 
 
 CONFIG = ModularConfig

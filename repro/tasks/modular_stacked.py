@@ -1,0 +1,77 @@
+"""The mod-97 Decoder's forward for M members' stacked parameters at once, written with batched matmuls.
+
+A population (repro/population.py) can run any task through torch.func.vmap over the task's own
+model; for the Decoder that path is slower than it needs to be (nn.MultiheadAttention's packed
+projections and SDPA under vmap). This is the same function as modular.Decoder.forward, member by
+member, with every parameter carrying a leading member dimension M:
+
+    params: {Decoder parameter name: [M, *shape]}   tokens: [M, seq, batch] long   ->   logits [M, batch, vocab]
+
+Each operation follows the one nn.MultiheadAttention / SDPA's math kernel / nn.Linear / nn.LayerNorm
+computes for one member (q and k each scaled by sqrt(1/sqrt(head_dim)), the float causal mask added to
+the scores, the reference's residual quirk), so a member's logits equal its solo model's to float
+rounding (tests/test_modular_stacked.py).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def _column(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """A per-member vector [M, D] shaped to broadcast over [M, ..., D] (ndim dimensions)."""
+    return v.view(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x [M, ..., in] @ weight[m].T + bias[m] for every member m (nn.Linear per member)."""
+    rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    out = torch.bmm(rows, weight.transpose(1, 2)) if bias is None else \
+        torch.baddbmm(bias[:, None, :], rows, weight.transpose(1, 2))
+    return out.view(*x.shape[:-1], weight.shape[1])
+
+
+def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    return torch.addcmul(_column(bias, x.ndim), F.layer_norm(x, x.shape[-1:], eps=eps), _column(weight, x.ndim))
+
+
+def _attention(p: dict, prefix: str, x: torch.Tensor, num_heads: int, last_only: bool) -> torch.Tensor:
+    """nn.MultiheadAttention(query, x, x) per member, query = x or its last position; x [M, seq, batch, dim]."""
+    m, seq, batch, dim = x.shape
+    head_dim = dim // num_heads
+    w_in, b_in = p[prefix + "in_proj_weight"], p[prefix + "in_proj_bias"]
+    if last_only:  # MHA with a query other than the key: q from the first third, k and v from the rest
+        q = _linear(x[:, -1:], w_in[:, :dim], b_in[:, :dim])
+        k, v = _linear(x, w_in[:, dim:], b_in[:, dim:]).chunk(2, dim=-1)
+    else:
+        q, k, v = _linear(x, w_in, b_in).chunk(3, dim=-1)
+
+    def heads(t):  # [M, len, batch, dim] -> [M, batch, heads, len, head_dim]
+        return t.reshape(m, t.shape[1], batch, num_heads, head_dim).permute(0, 2, 3, 1, 4)
+
+    root_scale = (1.0 / head_dim ** 0.5) ** 0.5  # SDPA's math kernel scales q and k by sqrt(scale) each
+    scores = torch.matmul(heads(q) * root_scale, heads(k).transpose(-2, -1) * root_scale)
+    if not last_only:  # the float causal mask (-inf above the diagonal); the last query sees every key
+        scores = scores + torch.full((seq, seq), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
+    out = torch.matmul(scores.softmax(-1), heads(v))  # [M, batch, heads, len, head_dim]
+    out = out.permute(0, 3, 1, 2, 4).reshape(m, -1, batch, dim)
+    return _linear(out, p[prefix + "out_proj.weight"], p[prefix + "out_proj.bias"])
+
+
+def stacked_decoder_logits(params: dict, tokens: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Every member's Decoder(tokens[m]) (the answer's logits) from stacked parameters -> [M, batch, vocab]."""
+    m, seq, batch = tokens.shape
+    emb = params["token_embeddings.weight"]  # [M, vocab, dim]
+    vocab, dim = emb.shape[1:]
+    offsets = torch.arange(m, device=tokens.device)[:, None, None] * vocab
+    h = F.embedding(tokens + offsets, emb.reshape(m * vocab, dim))  # [M, seq, batch, dim]
+    h = h + params["position_embeddings.weight"][:, :seq, None, :]
+    num_layers = 1 + max(int(name.split(".")[1]) for name in params if name.startswith("layers."))
+    for i in range(num_layers):
+        prefix, last_only = f"layers.{i}.", i == num_layers - 1
+        x = _layer_norm(h, params[prefix + "ln_1.weight"], params[prefix + "ln_1.bias"])
+        query = x[:, -1:] if last_only else x
+        x = query + _attention(params, prefix + "attn.", x, num_heads, last_only)  # the reference's quirk
+        hidden = F.gelu(_linear(_layer_norm(x, params[prefix + "ln_2.weight"], params[prefix + "ln_2.bias"]),
+                                params[prefix + "mlp.0.weight"], params[prefix + "mlp.0.bias"]))
+        h = x + _linear(hidden, params[prefix + "mlp.2.weight"], params[prefix + "mlp.2.bias"])
+    logits = _linear(_layer_norm(h, params["ln_f.weight"], params["ln_f.bias"]), params["head.weight"])
+    return logits[:, -1]
