@@ -8,8 +8,8 @@ makes M * S / W run-steps per second. Layouts (a row each in the JSON):
                0..M-1 -> Population -> PopulationStep, whose optimizer and filter are the stacked ones),
                in a mode: `graph` (PopulationStep's CUDA graphs, as the engine runs it), `eager` (no
                graphs), `compile` (torch.compile of the population's loss, no graphs) or `compile+graph`
-               (the compiled loss inside PopulationStep's graphs); the engine itself does not compile a
-               population's loss, so the compile modes measure what that would give; `vmap+graph`: as
+               (the compiled loss inside PopulationStep's graphs); the engine's --compile compiles the
+               evaluation and the update too, which these modes leave eager; `vmap+graph`: as
                `graph`, but through the generic torch.func.vmap path (Population.native off) that tasks
                without population_* methods take, instead of mod-97's batched Decoder;
   processes    N separate `main.py` processes at once, each training one solo run, without and with
