@@ -73,9 +73,10 @@ class PopulationStep:
         self.optimizer = make_stacked_optimizer(cfgs, population.flat)
         self.filter = make_stacked_filter(cfgs, population.flat)
         self.max_norms = torch.tensor([c.clip_grad_norm for c in cfgs], device=device)
-        if self.cfg.compile:  # fuses the elementwise work around the matmuls (1.3-1.4x on an H200 at 64-128
-            # members, results/bench); compiles at the first step. Not MA's filter: its ring position is a
-            # Python int that changes every step, so it would recompile each time
+        if self.cfg.compile:  # fuses the elementwise work around the matmuls (on an H200 at 64-128 members:
+            # the loss alone 1.2-1.3x, results/bench; with update and evaluation 1.35-1.5x, docs/performance.md);
+            # compiles at the first step. Not MA's filter: its ring position is a Python int that changes
+            # every step, so it would recompile each time
             population.loss_and_sums = torch.compile(population.loss_and_sums)
             population.evaluate = torch.compile(population.evaluate)
             self.optimizer.step = torch.compile(self.optimizer.step)
