@@ -181,16 +181,29 @@ class Population:
         rows = [self.layout.join({n: p.detach() for n, p in t.model.named_parameters()}) for t in self.tasks]
         self.flat = torch.stack(rows).requires_grad_()  # a leaf: backward fills flat.grad [M, N]
         self.member_data = _member_data(self.tasks)
-        # a native task reads every tensor attribute per member: the differing ones stacked, the others
-        # the template's, expanded (no copy)
-        self.stacked_data = {name: self.member_data.get(name, value.expand(len(tasks), *value.shape))
-                             for name, value in vars(self.template).items() if isinstance(value, torch.Tensor)}
+        self._stack_data()
         self.native = self.template.population_native
         self._call = _ModelCall(self.template.model)
+
+    def _stack_data(self) -> None:
+        """stacked_data: what a native task reads, every tensor attribute per member: the differing ones
+        stacked, the others the template's, expanded (no copy)."""
+        self.stacked_data = {name: self.member_data.get(name, value.expand(self.size, *value.shape))
+                             for name, value in vars(self.template).items() if isinstance(value, torch.Tensor)}
 
     @property
     def size(self) -> int:
         return self.flat.shape[0]
+
+    @torch.no_grad()
+    def keep_(self, rows: list[int]) -> None:
+        """Keep only the members in `rows` (the others have stopped): their parameters and data become the
+        new stack, in that order; `flat` is a new leaf without a gradient. The template stays (its methods
+        and the data members share serve the rest)."""
+        self.flat = self.flat.detach()[rows].clone().requires_grad_()
+        self.tasks = [self.tasks[i] for i in rows]
+        self.member_data = {name: value[rows] for name, value in self.member_data.items()}
+        self._stack_data()
 
     def params(self) -> dict[str, torch.Tensor]:
         """{name: [M, *shape]} views of `flat` (differentiable)."""

@@ -132,13 +132,26 @@ class PopulationStep:
         rows = rows.reshape(self.population.size, -1)
         return rows[:, 0], (rows[:, 1:] if rows.shape[1] > 1 else None)
 
+    def keep_(self, rows: list[int]) -> None:
+        """Only the members in `rows` go on: the stack, the optimizer's and filter's state and the
+        per-member vectors shrink to them; the CUDA graphs are captured anew for the new shapes."""
+        self.population.keep_(rows)
+        self.optimizer.keep_(rows, self.population.flat)
+        if self.filter:
+            self.filter.keep_(rows, self.population.flat)
+        self.max_norms, self.active = self.max_norms[rows], self.active[rows]
+        self.graphed_step, self.eager_step_done = None, False
+        if self.graphed_eval:
+            self.graphed_eval = GraphedEvaluate(self.task)
+
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
         key = self.task.eval_graph_key(step) if self.graphed_eval else None
         return self.task.evaluate(step) if key is None else self.graphed_eval(step, key)
 
 
 class PopulationTrainer(Trainer):
-    """Trainer's loop over a population; `members` holds each member's folder and stop."""
+    """Trainer's loop over a population; `members` holds each member's folder and stop, in the order of
+    the population's rows; `closed` the members dropped from the stack (see _compact)."""
 
     def __init__(self, cfgs: list[Config], task_cls, argv: list[str] | None = None):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -152,6 +165,7 @@ class PopulationTrainer(Trainer):
         self.device, self.dist, self.is_main = resolve_device(cfgs[0].device), None, True
         tasks = [task_cls(cfg, self.device) for cfg in cfgs]
         self.members, tasks = self._open_members(cfgs, tasks)
+        self.closed, self.population_size = [], len(self.members)
         steps = {m.state["step"] if m.state else 0 for m in self.members}
         try:
             if len(steps) > 1:
@@ -282,6 +296,22 @@ class PopulationTrainer(Trainer):
             self._close(stopping)
         if all(m.done for m in self.members):
             self.stopped = "every member stopped"
+        else:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the stopped members from the stack once they are half of it or more. A population computes
+        every row it holds (a stopped member's, masked, too), so a sweep whose members stop at different
+        times would pay for each until its last member stops; halving bounds the re-captures (and, with
+        --compile, recompilations) to log2(members)."""
+        live = [i for i, m in enumerate(self.members) if not m.done]
+        if 2 * len(live) > len(self.members):
+            return
+        sums = self._train_sums()  # [members, k]: the batches since the last evaluation
+        self.runner.keep_(live)
+        self.window_sums = [] if sums is None else [sums[live]]
+        self.closed += [m for m in self.members if m.done]
+        self.members = [self.members[i] for i in live]
 
     def _close(self, indices: list[int]) -> None:
         """Members that stop now: frozen in the population, checkpointed unless they diverged, their
@@ -294,7 +324,7 @@ class PopulationTrainer(Trainer):
             m = self.members[i]
             if not m.stopped.startswith("non-finite"):
                 self._save_member(i, m, sums, layout, totals)
-            summary = {**self.run_summary(m.folder, m.cfg, m.stopped, totals), "population_size": len(self.members)}
+            summary = {**self.run_summary(m.folder, m.cfg, m.stopped, totals), "population_size": self.population_size}
             m.folder.write_summary(summary)
             m.folder.close()
             m.done = True
@@ -315,7 +345,7 @@ class PopulationTrainer(Trainer):
         live = [i for i, m in enumerate(self.members) if not m.done]
         if live:
             self._close(live)
-        diverged = [m for m in self.members if m.stopped.startswith("non-finite")]
+        diverged = [m for m in self.closed + self.members if m.stopped.startswith("non-finite")]
         for m in diverged:
             print(f"error: {m.folder.path}: {m.stopped}", file=sys.stderr)
         return {"stopped": self.stopped, "members": self.summaries, "diverged": len(diverged)}

@@ -90,6 +90,15 @@ class StackedGradFilter:
         else:
             self.state = {"ring": zeros.new_zeros((window_size, *param.shape)), "sum": zeros}
 
+    @torch.no_grad()
+    def keep_(self, rows: list[int], param: torch.Tensor) -> None:
+        """Keep only the members in `rows`, whose parameters are now `param` (Population.keep_'s flat)."""
+        self.param, self.size = param, len(rows)
+        for name in ("alpha", "lamb", "on", "highpass", "counts"):
+            setattr(self, name, getattr(self, name)[rows])
+        self._any_highpass = bool(self.highpass.any())
+        self.state = {key: tensor[:, rows] if key == "ring" else tensor[rows] for key, tensor in self.state.items()}
+
     def _col(self, v: torch.Tensor) -> torch.Tensor:
         """An [M] vector as an [M, 1, ...] column (in the parameter's dtype unless bool)."""
         v = v if v.dtype == torch.bool else v.to(self.param.dtype)

@@ -66,6 +66,14 @@ class _StackedOptimizer:
         self.step_count = torch.zeros(self.size, dtype=torch.float64, device=param.device)  # per member
         self.state = {key: torch.zeros_like(param, memory_format=torch.contiguous_format) for key in self.state_keys}
 
+    @torch.no_grad()
+    def keep_(self, rows: list[int], param: torch.Tensor) -> None:
+        """Keep only the members in `rows`, whose parameters are now `param` (Population.keep_'s flat)."""
+        self.param, self.size = param, len(rows)
+        for name in (*self.member_hyperparams, "base_lr", "step_count"):
+            setattr(self, name, getattr(self, name)[rows])
+        self.state = {key: tensor[rows] for key, tensor in self.state.items()}
+
     def _col(self, v: torch.Tensor) -> torch.Tensor:
         """An [M] vector as an [M, 1, ...] column in the parameter's dtype (broadcasts over a member's row)."""
         return v.to(self.param.dtype).view(-1, *([1] * (self.param.ndim - 1)))

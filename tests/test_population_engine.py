@@ -140,3 +140,31 @@ def test_a_compiled_population_logs_what_the_eager_one_logs(tmp_path):
     for eager, compiled in zip(member_folders(tmp_path / "eager", "modular"),
                                member_folders(tmp_path / "compiled", "modular")):
         assert_same_records(records(compiled), records(eager), rel=1e-5)
+
+
+def test_stopped_members_leave_the_stack_and_the_others_follow_their_solo_runs(tmp_path):
+    """Members 0 and 1 (lr 0.01) early-stop on p = 11 (10% validation accuracy), member 2 (lr 1e-6) trains on:
+    once two of three have stopped the population drops them (one row left), and every member logs its solo
+    run's metrics."""
+    from repro.config import load_config
+    from repro.cli import population_configs
+    from repro.population_engine import PopulationTrainer
+
+    flags = [*SMALL, "--p", "11", "--batch_size", "32", "--budget", "600", "--lr", "0.01", "--warmup_steps", "0",
+             "--early_stop_acc", "0.1", "--early_stop_patience", "1", "--log_every_evals", "1",
+             "--results_dir", str(tmp_path / "pop")]
+    members = [{"seed": 0}, {"seed": 1}, {"seed": 0, "lr": 1e-6}]
+    trainer = PopulationTrainer(population_configs(load_config(ModularConfig, flags), members), ModularTask)
+    trainer.run()
+    assert trainer.population.size == 1 and len(trainer.closed) == 2
+    assert trainer.runner.optimizer.state["exp_avg"].shape[0] == trainer.runner.filter.state["ema"].shape[0] == 1
+    folders = member_folders(tmp_path / "pop", "modular")
+    summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
+    assert sorted(s["stopped"].split(":")[0] for s in summaries) == ["budget", "early_stop", "early_stop"]
+    assert all(s["population_size"] == 3 for s in summaries)
+    for member in members:
+        solo = [*flags[:-2], *(f"--{k}={v}" for k, v in member.items()), "--results_dir", str(tmp_path / "solo")]
+        assert run(ModularConfig, ModularTask, "", solo) == 0
+    for folder, solo in zip(folders, member_folders(tmp_path / "solo", "modular")):
+        assert folder.name == solo.name
+        assert_same_records(records(folder), records(solo), rel=1e-5)
