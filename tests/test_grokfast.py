@@ -191,9 +191,9 @@ def test_default_foreach_mirrors_torch_optim():
 # --------------------------------------------------------------------------- state
 
 
-@pytest.mark.parametrize("config", ["ema", "ma_mean", "ma_sum_nowarmup"])
+@pytest.mark.parametrize("config", ["ema", "ma_mean", "ma_sum_nowarmup", "ema_highpass"])
 def test_state_dict_round_trip_is_bitwise(config):
-    kind, kwargs = CONFIGS[config]
+    kind, kwargs = {**CONFIGS, "ema_highpass": ("ema_highpass", dict(alpha=0.95, lamb=2.0))}[config]
     torch.manual_seed(0)
     model = Tiny()
     filt = GradFilter(model, kind, **kwargs)

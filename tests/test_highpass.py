@@ -83,34 +83,20 @@ def test_foreach_equals_loop(device):
                 torch.testing.assert_close(fore[name], loop[name])
 
 
-def test_state_dict_round_trip_is_bitwise_and_kinds_do_not_mix():
-    torch.manual_seed(0)
+def test_state_dict_carries_the_kind_and_kinds_do_not_mix():
+    """The bitwise round trip is test_grokfast's (parametrized over ema_highpass too); here: the loaded
+    filter takes kind, alpha and lamb from the file, and an 'ema' filter refuses a high-pass state."""
     model = Tiny()
     filt = GradFilter(model, "ema_highpass", alpha=0.95, lamb=2.0)
-    for step in range(19):
-        set_random_grads(model, torch.Generator().manual_seed(step), step)
-        filt.step()
+    set_random_grads(model, torch.Generator().manual_seed(0), 0)
+    filt.step()
     buffer = io.BytesIO()
     torch.save(filt.state_dict(), buffer)
-
-    def continue_run(m, f):
-        out = []
-        for step in range(19, 50):
-            set_random_grads(m, torch.Generator().manual_seed(step), step)
-            f.step()
-            out.append(grads_of(m))
-        return out
-
-    original = continue_run(model, filt)
-    fresh_model = Tiny()
-    fresh = GradFilter(fresh_model, "ema_highpass", lamb=123.0)
     buffer.seek(0)
     sd = torch.load(buffer, map_location="cpu", weights_only=True)
+    fresh = GradFilter(Tiny(), "ema_highpass", lamb=123.0)
     fresh.load_state_dict(sd)
     assert (fresh.kind, fresh.alpha, fresh.lamb) == ("ema_highpass", 0.95, 2.0)
-    for a, b in zip(original, continue_run(fresh_model, fresh)):
-        for name in a:
-            assert (a[name] is None and b[name] is None) or torch.equal(a[name], b[name]), name
     with pytest.raises(ValueError, match="kind"):
         GradFilter(Tiny(), "ema").load_state_dict(sd)
 
