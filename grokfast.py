@@ -49,8 +49,8 @@ Correct placement in real training (GradFilter.attach(optimizer) gets all of the
       called, so the hook does not run and the filter state is not polluted.
     - No host synchronisation in step(): no .item(), no branching on tensor values, safe in a tight
       GPU loop. The EMA step, once its state exists, is two foreach kernels per device/dtype group and
-      can be captured in a CUDA graph (the high-pass step three, equally capturable); MA's ring position is a Python int, so a captured MA graph would
-      replay a single slot (not supported).
+      can be captured in a CUDA graph (the high-pass step three, equally capturable); MA's ring position
+      is a Python int, so a captured MA graph would replay a single slot (not supported).
 """
 from __future__ import annotations
 

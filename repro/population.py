@@ -58,6 +58,12 @@ NOT_STACKABLE = {
 }
 
 
+def filter_kinds(cfgs: Sequence) -> set[str]:
+    """The stacked filter kinds the members' filters need: 'ema' (also for 'ema_highpass', whose EMA state
+    is the same) and/or 'ma'; members without a filter need none."""
+    return {"ema" if cfg.filter == "ema_highpass" else cfg.filter for cfg in cfgs} - {"none"}
+
+
 def check_member_configs(cfgs: Sequence) -> None:
     """Raise UserError unless the configs can form one population: equal in every field outside
     MEMBER_FIELDS, and the members with a filter all using one kind ('ema' or 'ma'; 'ema_highpass' counts as
@@ -70,7 +76,7 @@ def check_member_configs(cfgs: Sequence) -> None:
             if key not in MEMBER_FIELDS and value != first.get(key):
                 raise UserError(f"population members 0 and {i} differ in '{key}' ({first.get(key)!r}, {value!r}), "
                                 f"which members must share")
-    kinds = {"ema" if cfg.filter == "ema_highpass" else cfg.filter for cfg in cfgs} - {"none"}  # share EMA state
+    kinds = filter_kinds(cfgs)
     if len(kinds) > 1:
         raise UserError(f"population members mix filter kinds {sorted(kinds)}; one kind (or none) per population")
 

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import torch
 
-from repro.population import Layout
+from repro.population import Layout, filter_kinds
 
 KINDS = ("ema", "ma")
 FILTER_TYPES = ("mean", "sum")
@@ -240,7 +240,7 @@ def make_stacked_filter(cfgs: Sequence, param: torch.Tensor) -> StackedGradFilte
     on = [cfg.filter != "none" for cfg in cfgs]
     if not any(on):
         return None
-    kinds = {"ema" if cfg.filter == "ema_highpass" else cfg.filter for cfg in cfgs} - {"none"}
+    kinds = filter_kinds(cfgs)
     _check(len(kinds) == 1, f"population members mix filter kinds {sorted(kinds)}")
     shared = {(cfg.window_size, cfg.filter_type) for cfg, o in zip(cfgs, on) if o}
     _check(len(shared) == 1, "population members with a filter differ in window_size or filter_type")
