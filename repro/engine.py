@@ -16,6 +16,7 @@ from repro import distributed
 from repro.config import Config
 from repro.errors import UserError
 from repro.metrics import early_stop, summarize
+from repro.precision import set_tf32
 from repro.run_folder import RunFolder, out_dir_for
 from repro.step import StepRunner
 from repro.tasks.base import Task
@@ -28,6 +29,7 @@ NO_EARLIER_SEGMENTS = {"elapsed_s": 0.0, "timer": (0.0, 0), "eval_timer": (0.0, 
 
 class Trainer:
     def __init__(self, cfg: Config, task_cls, argv: list[str] | None = None):
+        set_tf32(cfg.tf32)
         self.device, self.dist = distributed.setup(cfg.device)
         self.is_main = self.dist is None or self.dist.is_main
         self.task: Task = task_cls(cfg, self.device)

@@ -24,6 +24,7 @@ from repro.metrics import early_stop
 from repro.population import Population, check_member_configs
 from repro.population_filter import make_stacked_filter
 from repro.population_optim import make_stacked_optimizer
+from repro.precision import set_tf32
 from repro.run_folder import RunFolder, out_dir_for
 from repro.step import TWO_STAGE_STEPS, warmup_factor
 
@@ -162,6 +163,7 @@ class PopulationTrainer(Trainer):
                                              ("--on_nonfinite skip", cfgs[0].on_nonfinite == "skip")) if on]
         if unsupported:
             raise UserError(f"a population does not support {', '.join(unsupported)}: run those members solo")
+        set_tf32(cfgs[0].tf32)  # shared: not a member field
         self.device, self.dist, self.is_main = resolve_device(cfgs[0].device), None, True
         tasks = [task_cls(cfg, self.device) for cfg in cfgs]
         self.members, tasks = self._open_members(cfgs, tasks)
@@ -311,6 +313,8 @@ class PopulationTrainer(Trainer):
         self.runner.keep_(live)
         self.window_sums = [] if sums is None else [sums[live]]
         self.closed += [m for m in self.members if m.done]
+        print(f"step {self.step}: {len(self.members) - len(live)} stopped members leave the stack, "
+              f"{len(live)} train on", flush=True)
         self.members = [self.members[i] for i in live]
 
     def _close(self, indices: list[int]) -> None:

@@ -1,4 +1,4 @@
-"""Mixed precision for the engine: `--amp none|fp16|bf16`.
+"""Mixed precision for the engine: `--amp none|fp16|bf16`, and `--tf32` for CUDA matmuls.
 
 The forward (the task's loss) runs under torch.autocast; parameters, gradients, optimizer and filter
 state stay fp32. fp16 adds a GradScaler: the loss is scaled before backward, and the gradients are
@@ -13,6 +13,13 @@ import contextlib
 import torch
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def set_tf32(on: bool) -> None:
+    """--tf32: the process-wide switch for CUDA matmuls (no effect on a CPU), set both ways so that a run's
+    precision is its config's whatever the process did before. cuDNN keeps torch's default (TF32 allowed
+    for convolutions), as every earlier run of IMDb's LSTM had it."""
+    torch.backends.cuda.matmul.allow_tf32 = on
 
 
 class Precision:

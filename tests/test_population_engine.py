@@ -168,3 +168,24 @@ def test_stopped_members_leave_the_stack_and_the_others_follow_their_solo_runs(t
     for folder, solo in zip(folders, member_folders(tmp_path / "solo", "modular")):
         assert folder.name == solo.name
         assert_same_records(records(folder), records(solo), rel=1e-5)
+
+
+@pytest.mark.parametrize("population", [False, True])
+def test_tf32_is_the_runs_setting_both_ways(tmp_path, population):
+    """--tf32 sets torch's CUDA-matmul switch for the run (solo or population), and a run without it turns
+    the switch off again whatever the process had set; the choice is kept in each run's config."""
+    import torch
+    import yaml
+    members = ["--population", str(write_members(tmp_path / "m.yaml", MEMBERS[:2]))] if population else []
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        for on in (True, False):
+            torch.backends.cuda.matmul.allow_tf32 = not on
+            results = tmp_path / str(on)
+            argv = [*SMALL, "--budget", "2", "--tf32", str(on).lower(), *members, "--results_dir", str(results)]
+            assert run(ModularConfig, ModularTask, "", argv) == 0
+            assert torch.backends.cuda.matmul.allow_tf32 is on
+            for folder in member_folders(results, "modular"):
+                assert yaml.safe_load((folder / "config.yaml").read_text())["tf32"] is on
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
