@@ -131,12 +131,12 @@ def test_shipped_sweeps_run_as_populations_of_their_members(tmp_path, path):
 def test_momentum_sweep_keeps_heavy_ball_and_nesterov_apart():
     sweep = load_sweep(REPO / "configs" / "sweeps" / "momentum_sgd.yaml")
     nesterov = [m for m in sweep.members if m.cfg.nesterov]
-    assert len(sweep.members) == 210 and len(nesterov) == 90
+    assert len(sweep.members) == 126 and len(nesterov) == 54
     assert {m.cfg.momentum for m in nesterov} == {0.9, 0.98, 0.99}
     assert {(m.cfg.filter, m.cfg.lr) for m in nesterov} == {(f, lr) for f in ("none", "ema")
-                                                           for lr in (0.01, 0.03, 0.1, 0.3, 1.0)}
+                                                           for lr in (0.1, 0.3, 1.0)}
     groups = pack(list(sweep.members), max_members=1000)
-    assert sorted(len(g.members) for g in groups) == [90, 120]
+    assert sorted(len(g.members) for g in groups) == [54, 72]
     assert all(len({m.cfg.nesterov for m in g.members}) == 1 for g in groups)
 
 
