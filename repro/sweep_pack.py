@@ -175,11 +175,12 @@ def solo_job(sweep: Sweep, member: Member, sweep_dir: Path) -> Job:
     return Job(argv, (member,), sweep_dir / "logs" / f"{member.name}.log", files)
 
 
-def population_job(sweep: Sweep, members: list[Member], sweep_dir: Path) -> Job:
+def population_job(sweep: Sweep, members: list[Member], sweep_dir: Path, files_dir: Path | None = None) -> Job:
     """`<entry point> --config <base> --population <members>`: the base is the first member's config
     (the entry point validates it alone, before the members' overrides: a base without the members' keys
     could be invalid, e.g. Nesterov with the default momentum 0); each member lists the keys that differ
-    in the group, its seed and its folder. The files are named after the first member."""
+    in the group, its seed and its folder (sweep_dir / its name). The files are named after the first
+    member, in files_dir (default sweep_dir / populations)."""
     configs = [m.config_dict() for m in members]
     differing = [k for k in configs[0] if any(c[k] != configs[0][k] for c in configs[1:])]
     shared_only = [k for k in differing if k not in MEMBER_FIELDS]
@@ -188,7 +189,8 @@ def population_job(sweep: Sweep, members: list[Member], sweep_dir: Path) -> Job:
     listing = [{**{k: c[k] for k in differing if k != "seed"}, "seed": m.seed, "out_dir": str(sweep_dir / m.name)}
                for m, c in zip(members, configs)]
     name = f"population_{members[0].name}"
-    base, member_file = sweep_dir / "populations" / f"{name}.yaml", sweep_dir / "populations" / f"{name}.members.yaml"
+    files_dir = files_dir or sweep_dir / "populations"
+    base, member_file = files_dir / f"{name}.yaml", files_dir / f"{name}.members.yaml"
     argv = (sys.executable, str(sweep.entry_point), "--config", str(base), "--population", str(member_file),
             "--progress", "false", "--skip_finished", "true")
     files = ((base, yaml.safe_dump(configs[0], sort_keys=False)),

@@ -3,7 +3,7 @@
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh [--tables "imdb qm9"] [--seeds "0 1 2"] [--jobs 16] [--deadline 560] [--results runs]
-#                         [--first REGEX] [--sm_limit REGEX=PERCENT]
+#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--populations]
 # --tables: of modular_ema modular_ma mnist imdb qm9 (default all five); --seeds, --results: as for
 #   scripts/reproduce_<table>.sh (default results folder runs/, git-ignored; --results results writes
 #   the committed one); --jobs: runs at once (default 16); --deadline: seconds until running runs are
@@ -16,6 +16,8 @@
 # --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
 #   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
 #   per step at 25%. "" turns it off.
+# --populations: the mod-97 and MNIST runs that can share a population train as one
+#   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -26,7 +28,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'
+FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --results|--results_dir) needs_value "$1" $#; RESULTS="$2"; shift 2 ;;
     --first) needs_value "$1" $#; FIRST="$2"; shift 2 ;;
     --sm_limit) needs_value "$1" $#; SM_LIMIT="$2"; shift 2 ;;
+    --populations) POPULATIONS=1; shift ;;
     *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,6 +60,9 @@ if [[ " $TABLES " == *" qm9 "* ]] &&
 fi
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
            | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
+if [ "$POPULATIONS" = 1 ]; then
+  commands=$("${PYTHON:-python3}" scripts/stack_commands.py --dir "$RESULTS/populations" <<<"$commands")
+fi
 mps=0; started_mps=0  # an MPS daemon already running (another sitting's) is used, and left to its owner
 if command -v nvidia-cuda-mps-control >/dev/null; then
   if pgrep -x nvidia-cuda-mps >/dev/null; then mps=1
@@ -90,11 +96,11 @@ fi
 mkdir -p "$RESULTS/sittings"
 name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(echo "$SEEDS" | tr -d ' ')"
 "${PYTHON:-python3}" - "$RESULTS/sittings/$name.json" "$start" "$end" "$TABLES" "$SEEDS" \
-    "$JOBS" "$DEADLINE" "$mps" "$launch" <<'PY'
+    "$JOBS" "$DEADLINE" "$mps" "$POPULATIONS" "$launch" <<'PY'
 import json, sys, torch
-path, start, end, tables, seeds, jobs, deadline, mps, commands = sys.argv[1:]
+path, start, end, tables, seeds, jobs, deadline, mps, populations, commands = sys.argv[1:]
 json.dump({"tables": tables.split(), "seeds": seeds.split(), "jobs": int(jobs), "deadline_s": int(deadline),
-           "mps": mps == "1", "wall_s": int(end) - int(start), "runs": commands.splitlines(),
+           "mps": mps == "1", "populations": populations == "1", "wall_s": int(end) - int(start), "runs": commands.splitlines(),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
           open(path, "w"), indent=2)
 print(f"sitting: {int(end) - int(start)} s wall for {len(commands.splitlines())} runs -> {path}")

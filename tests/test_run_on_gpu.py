@@ -1,4 +1,5 @@
 """scripts/run_on_gpu.sh checks what a sitting needs before it starts one."""
+import json
 import os
 import subprocess
 import sys
@@ -34,11 +35,15 @@ def test_a_sitting_with_qm9_stops_before_it_starts_without_rdkit_and_its_metadat
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the runs would train on this GPU")
-def test_failed_runs_still_leave_the_sitting_record_and_exit_1(tmp_path):
-    # without a GPU every run stops at start (device cuda): a sitting that lost its runs must say so
+@pytest.mark.parametrize("populations", [False, True])
+def test_failed_runs_still_leave_the_sitting_record_and_exit_1(tmp_path, populations):
+    # without a GPU every run stops at start (device cuda): a sitting that lost its runs must say so;
+    # with --populations the table's three MNIST runs are one population command
     results = tmp_path / "results"
     result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", "mnist", "--seeds", "0", "--results",
-                             str(results)], cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHON": sys.executable})
+                             str(results), *(["--populations"] if populations else [])], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "0 ok, 3 failed" in result.stdout and len(list((results / "sittings").glob("*.json"))) == 1
+    assert ("0 ok, 1 failed" if populations else "0 ok, 3 failed") in result.stdout
+    records = list((results / "sittings").glob("*.json"))
+    assert len(records) == 1 and json.loads(records[0].read_text())["populations"] is populations
