@@ -46,6 +46,8 @@ TITLE_KEYS = {"filter": lambda c: True, "alpha": lambda c: c["filter"] in ("ema"
               "window_size": lambda c: c["filter"] == "ma", "lamb": lambda c: c["filter"] != "none",
               "optimizer": lambda c: True, "lr": lambda c: True, "momentum": lambda c: c["optimizer"] == "SGD",
               "weight_decay": lambda c: True}
+# a filter's own settings, which a member with another filter (or none) ignores: left out of its label
+FILTER_SETTINGS = {"alpha": ("ema", "ema_highpass"), "lamb": ("ema", "ema_highpass", "ma"), "window_size": ("ma",)}
 PLAIN = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 2,000 rather than 2x10^3
 
 
@@ -55,6 +57,11 @@ def label(key: str) -> str:
 
 def show(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def uses(row, key: str) -> bool:
+    """Whether the member of this table row trains with `key` (a filter setting only under its filter)."""
+    return key not in FILTER_SETTINGS or "filter" not in row or row["filter"] in FILTER_SETTINGS[key]
 
 
 def task_title(task: str, config: dict) -> str:
@@ -216,7 +223,7 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
         raise UserError(f"{sweep_dir}: nothing is swept but the seed")
     paths = []
     if not is_grid:  # a list of variants: one axis of configurations
-        table["configuration"] = [", ".join(f"{k}={show(row[k])}" for k in axes if pd.notna(row[k]))
+        table["configuration"] = [", ".join(f"{k}={show(row[k])}" for k in axes if pd.notna(row[k]) and uses(row, k))
                                   for _, row in table.iterrows()]
         return [lines(table, "configuration", None, [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
     x = x or axes[0]

@@ -87,6 +87,16 @@ def test_variants_that_are_not_a_grid_get_one_axis_of_configurations(tmp_path, t
     assert "3 seeds per setting" in drawn["lines_steps_to_95.png"][-1]
 
 
+def test_a_configuration_label_leaves_out_the_settings_its_filter_ignores(tmp_path, monkeypatch):
+    plot_sweep = load_script("plot_sweep")
+    labels = {}
+    monkeypatch.setattr(plot_sweep, "lines", lambda table, x, *a: labels.setdefault("x", list(table[x])) or [])
+    sweep_dir = fake_sweep(tmp_path, lambda m: 40, variants=[{"filter": "none"}, {"filter": "ema", "lamb": 5.0}],
+                           seeds=[0])
+    plot_sweep.plot_sweep(sweep_dir)
+    assert sorted(labels["x"]) == ["filter=ema, lamb=5", "filter=none"]
+
+
 def test_plot_sweep_errors_are_one_line(tmp_path):
     result = subprocess.run([sys.executable, "scripts/plot_sweep.py", str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
