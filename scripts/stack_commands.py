@@ -11,7 +11,7 @@ label, the same resume step; at most --max_group) become one `--population` comm
 writes its solo run's folder (<results_dir>/<task>/<run name>), so summarize.py and plot_runs.py read the
 result unchanged. The population files go to --dir (default: <results_dir>/populations of the first
 member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group) are
-passed through as they came. Output lines keep the input's order of first appearance.
+passed through as they came; a run listed twice is kept once. Output lines keep the input's order.
 """
 import argparse
 import shlex
@@ -52,6 +52,8 @@ def stack(lines: list[str], max_group: int, files_dir: Path | None = None) -> li
             out[i] = line
             continue
         member, parent = found
+        if (parent, member.name) in first_line:
+            continue  # the same run again (a baseline two tables share): once is enough
         by_folder.setdefault(parent, []).append(member)
         first_line[(parent, member.name)] = i
     for folder, group_members in by_folder.items():

@@ -24,7 +24,8 @@ def table_commands(results: Path) -> str:
 def test_a_tables_runs_train_as_one_population_into_their_solo_folders(tmp_path):
     solo_lines = table_commands(tmp_path / "solo")
     assert len(solo_lines.splitlines()) == 6  # baseline, grokfast_ema, wd_ema x 2 seeds
-    stacked = run([sys.executable, "scripts/stack_commands.py"], table_commands(tmp_path / "pop"))
+    pop_lines = table_commands(tmp_path / "pop")
+    stacked = run([sys.executable, "scripts/stack_commands.py"], pop_lines + pop_lines.splitlines()[0])  # one twice
     assert len(stacked.splitlines()) == 1 and "--population" in stacked
     for results, lines in ((tmp_path / "solo", solo_lines), (tmp_path / "pop", stacked)):
         run([sys.executable, "scripts/run_commands.py", "--jobs", "1", "--logdir", str(results / "logs")], lines)
