@@ -10,9 +10,9 @@
 #   interrupted with a checkpoint (a re-run resumes them; default 0, none).
 # Under MPS, two settings measured on an H100 with all 42 table runs at once (results/bench/sitting_probes/):
 # --first: runs whose command matches keep normal MPS priority, all others run below it, so the
-#   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each) are not the last ones
-#   left: 3.4 instead of 9.5 ms per step in the crowd, the others about as fast. They also start
-#   first. "" turns it off.
+#   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each, or with --populations the
+#   mod-97 populations, which hold them) are not the last ones left: 3.4 instead of 9.5 ms per step in
+#   the crowd, the others about as fast. They also start first. "" turns it off.
 # --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
 #   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
 #   per step at 25%. "" turns it off.
@@ -28,7 +28,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0
+FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
