@@ -41,13 +41,13 @@ LABELS = {"lamb": "λ (filter gain)", "alpha": "α (EMA decay)", "window_size": 
           "weight_decay": "weight decay", "lr": "learning rate", "beta1": "Adam β1", "beta2": "Adam β2",
           "momentum": "SGD momentum", "optimizer": "optimizer", "filter": "filter", "seed": "seed",
           "operation": "operation", "batch_size": "batch size", "init_scale": "initial weight scale"}
-# settings worth naming in a title when the sweep holds them fixed, with when they matter
-TITLE_KEYS = {"filter": lambda c: True, "alpha": lambda c: c["filter"] in ("ema", "ema_highpass"),
-              "window_size": lambda c: c["filter"] == "ma", "lamb": lambda c: c["filter"] != "none",
-              "optimizer": lambda c: True, "lr": lambda c: True, "momentum": lambda c: c["optimizer"] == "SGD",
-              "weight_decay": lambda c: True}
 # a filter's own settings, which a member with another filter (or none) ignores: left out of its label
 FILTER_SETTINGS = {"alpha": ("ema", "ema_highpass"), "lamb": ("ema", "ema_highpass", "ma"), "window_size": ("ma",)}
+# settings worth naming in a title when the sweep holds them fixed, with when they matter
+TITLE_KEYS = {"filter": lambda c: True, "alpha": lambda c: uses(c, "alpha"),
+              "window_size": lambda c: uses(c, "window_size"), "lamb": lambda c: uses(c, "lamb"),
+              "optimizer": lambda c: True, "lr": lambda c: True, "momentum": lambda c: c["optimizer"] == "SGD",
+              "weight_decay": lambda c: True}
 PLAIN = FuncFormatter(lambda v, _: f"{v:,.0f}")  # 2,000 rather than 2x10^3
 
 
@@ -60,7 +60,8 @@ def show(value) -> str:
 
 
 def uses(row, key: str) -> bool:
-    """Whether the member of this table row trains with `key` (a filter setting only under its filter)."""
+    """Whether the member of this config or table row trains with `key` (a filter setting only under its
+    filter)."""
     return key not in FILTER_SETTINGS or "filter" not in row or row["filter"] in FILTER_SETTINGS[key]
 
 

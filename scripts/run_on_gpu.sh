@@ -100,7 +100,8 @@ name="$(date -u -d @"$start" +%Y%m%dT%H%M%SZ)_$(echo "$TABLES" | tr ' ' '-')_s$(
 import json, sys, torch
 path, start, end, tables, seeds, jobs, deadline, mps, populations, commands = sys.argv[1:]
 json.dump({"tables": tables.split(), "seeds": seeds.split(), "jobs": int(jobs), "deadline_s": int(deadline),
-           "mps": mps == "1", "populations": populations == "1", "wall_s": int(end) - int(start), "runs": commands.splitlines(),
+           "mps": mps == "1", "populations": populations == "1", "wall_s": int(end) - int(start),
+           "runs": commands.splitlines(),
            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"},
           open(path, "w"), indent=2)
 print(f"sitting: {int(end) - int(start)} s wall for {len(commands.splitlines())} runs -> {path}")
