@@ -1,0 +1,76 @@
+"""Where a mod-97 population's training update spends its GPU time: torch.profiler's kernel table.
+
+Builds the population as scripts/bench_population.py does (members with seeds 0..M-1, the engine's
+stacked optimizer and filter), runs the warm-up updates, then profiles --steps updates and prints the
+operators and kernels ranked by their own device time, with each one's share of the total. Modes are
+bench_population's without CUDA graphs (a graph replay hides its kernels from the profiler): `eager`, or
+`compile` (torch.compile of the population's loss). Writes one table per layout to --out_dir.
+
+    python scripts/profile_population.py --sizes 128 --precisions fp32 tf32 --modes eager compile
+    python scripts/profile_population.py --device cpu --sizes 2 --modes eager --steps 3 \\
+        --task_flags="--p 11 --dim 32 --num_heads 2 --batch_size 32"   # a smoke test
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_population import DEFAULT_CONFIG, base_config, build, set_precision, sync  # noqa: E402
+
+
+def profile_layout(members: int, precision: str, mode: str, job: dict, steps: int, rows: int) -> str:
+    """The profiler's table of one layout, ranked by self device time (CPU time on a CPU device)."""
+    device = torch.device(job["device"])
+    set_precision(precision)
+    spec = dict(layout="population", members=members, precision=precision, mode=mode)
+    runner, task, _ = build(spec, job, device)
+    cfg = base_config(job)
+    warmup = cfg.warmup_steps + 2 * task.batches.batches_per_epoch  # as bench_population: compiled, warm
+    for step in range(warmup):
+        runner.train_step(step)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for step in range(warmup, warmup + steps):
+            runner.train_step(step)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
+    if mode.startswith("compile"):
+        import torch._dynamo as dynamo
+        dynamo.reset()
+    return f"# {members} members, {precision}, {mode}: {steps} updates after {warmup} warm-up\n{table}\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128], help="population sizes (default 128)")
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "tf32"], default=["fp32"])
+    parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    parser.add_argument("--steps", type=int, default=20, help="profiled updates per layout (default 20)")
+    parser.add_argument("--rows", type=int, default=40, help="table rows (default 40)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--task_flags", default="", help="flags for the task, e.g. \"--dim 64\"")
+    parser.add_argument("--out_dir", type=Path, default=None, help="also write each table here")
+    args = parser.parse_args(argv)
+    job = {"device": args.device, "config": args.config, "task_flags": shlex.split(args.task_flags)}
+    for members in args.sizes:
+        for precision in args.precisions:
+            for mode in args.modes:
+                text = profile_layout(members, precision, mode, job, args.steps, args.rows)
+                print(text, flush=True)
+                if args.out_dir:
+                    args.out_dir.mkdir(parents=True, exist_ok=True)
+                    (args.out_dir / f"profile_{members}_{precision}_{mode}.txt").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
