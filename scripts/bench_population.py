@@ -9,7 +9,8 @@ makes M * S / W run-steps per second. Layouts (a row each in the JSON):
                in a mode: `graph` (PopulationStep's CUDA graphs, as the engine runs it), `eager` (no
                graphs), `compile` (torch.compile of the population's loss, no graphs) or `compile+graph`
                (the compiled loss inside PopulationStep's graphs); the engine's --compile compiles the
-               evaluation and the update too, which these modes leave eager; `vmap+graph`: as
+               evaluation and the update too, which these modes leave eager: `engine` is that (compile:
+               true and CUDA graphs, as the issue-21 sweeps train); `vmap+graph`: as
                `graph`, but through the generic torch.func.vmap path (Population.native off) that tasks
                without population_* methods take, instead of mod-97's batched Decoder;
   processes    N separate `main.py` processes at once, each training one solo run, without and with
@@ -72,7 +73,7 @@ from repro.metrics import git_commit  # noqa: E402
 
 DEFAULT_OUT = "results/bench/population_h200.json"
 DEFAULT_CONFIG = "configs/modular/ema.yaml"
-MODES = ("graph", "eager", "compile", "compile+graph", "vmap+graph")
+MODES = ("graph", "eager", "compile", "compile+graph", "engine", "vmap+graph")
 PRECISIONS = ("fp32", "tf32")
 GOAL_ANY, GOAL_FP32 = 20_000, 8_000  # run-steps/s (issue 19)
 GRACE_S = 20  # how far past the time budget a running worker or process set may go before it is killed
@@ -81,12 +82,16 @@ GRACE_S = 20  # how far past the time budget a running worker or process set may
 FAULT_ENV = "GROKFAST_BENCH_FAULT"
 # seconds a layout is assumed to take before one like it has run (the time guard's estimates)
 FIRST_ESTIMATE_S = {"solo": 10.0, "graph": 15.0, "eager": 15.0, "compile": 60.0, "compile+graph": 60.0,
-                    "vmap+graph": 15.0}
+                    "engine": 90.0, "vmap+graph": 15.0}
 
 ROW_KEYS = ("layout", "members", "precision", "mode", "run_steps_per_s", "ms_per_step", "peak_gpu_mem_mb",
             "peak_gpu_mem_mb_per_member", "steps", "warmup_steps", "wall_s", "run_steps_per_s_with_eval",
             "ms_per_step_with_eval", "peak_gpu_mem_mb_with_eval", "batch_assembly_ms", "setup_s", "warmup_s",
             "last_loss_mean")
+
+
+def compiles(mode: str) -> bool:
+    return mode.startswith("compile") or mode == "engine"
 
 
 def empty_row(spec: dict) -> dict:
@@ -143,7 +148,8 @@ def build(spec: dict, job: dict, device: torch.device):
 
     cfg = base_config(job)
     mode = spec["mode"]
-    cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph"))
+    cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph") or mode == "engine",
+                              compile=cfg.compile or mode == "engine")
     if spec["layout"] == "solo":
         task = ModularTask(cfg, device)
         runner = StepRunner(cfg, task, device, None)
@@ -294,7 +300,7 @@ def worker(job_path: str) -> int:
             row = {**empty_row(spec), "error": f"{type(exc).__name__}: {exc}"[:2000]}
         row["layout_s"] = round(time.time() - started, 2)
         estimates[(kind, spec["members"])] = estimates[kind] = (time.time() - started, spec["members"])
-        if spec["mode"].startswith("compile"):
+        if compiles(spec["mode"]):
             import torch._dynamo as dynamo
             dynamo.reset()  # the next layout compiles afresh; nothing cached keeps memory
         emit(row)
@@ -583,7 +589,7 @@ def make_specs(args) -> tuple[list[dict], list[dict]]:
     first = [dict(layout="solo", members=1, precision=p, mode=solo_mode) for p in args.precisions]
     later = []
     for mode in args.modes:
-        if not mode.startswith("compile"):
+        if not compiles(mode):
             first += [dict(layout="population", members=m, precision=p, mode=mode)
                       for p in args.precisions for m in args.sizes]
         else:  # each compiles for a while: the largest first, both precisions, in case time runs out

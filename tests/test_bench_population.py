@@ -173,3 +173,18 @@ def test_every_option_is_explained_and_bad_ones_are_refused(capsys, monkeypatch)
         with pytest.raises(SystemExit) as exit_:
             bench.parse_args(args)
         assert exit_.value.code == 2 and words in capsys.readouterr().err, args
+
+
+def test_engine_mode_builds_the_population_as_the_engine_compiles_it():
+    """`engine`: compile and CUDA graphs on, so PopulationStep compiles the loss, evaluation and update
+    itself (as the sweeps train); `graph` leaves the config's compile as it is (off in ema.yaml)."""
+    import torch
+    job = {"config": str(REPO / bench.DEFAULT_CONFIG), "device": "cpu",
+           "task_flags": ["--p", "11", "--dim", "32", "--num_heads", "2", "--batch_size", "32"]}
+    runner, _, _ = bench.build(dict(layout="population", members=2, precision="fp32", mode="engine"), job,
+                               torch.device("cpu"))
+    assert runner.cfg.compile and runner.cfg.cuda_graphs
+    assert hasattr(runner.optimizer.step, "_torchdynamo_orig_callable")  # compiled, not yet run
+    runner, _, _ = bench.build(dict(layout="population", members=2, precision="fp32", mode="eager"), job,
+                               torch.device("cpu"))
+    assert not runner.cfg.compile and not hasattr(runner.optimizer.step, "_torchdynamo_orig_callable")
