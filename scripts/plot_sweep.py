@@ -10,7 +10,9 @@ Writes into the sweep folder:
       within the budget ('2/3'); grey hatched: none did; blank: no member there.
   lines_steps_to_<pct>.png    steps to the threshold over one swept setting, a line per value of a second:
       the median over the seeds that reached it, their range shaded, and an x at the budget for each seed
-      that never did. A sweep whose members are not a grid gets this over its configurations instead.
+      that never did. A sweep of variants crossed with a grid (e.g. three rows x eight operations) gets
+      both figures with the variants' configurations as the second setting; a sweep whose members are no
+      grid at all gets the lines over its configurations.
 Only finished members count; the title says how many are not.
 """
 import argparse
@@ -65,11 +67,19 @@ def uses(row, key: str) -> bool:
     return key not in FILTER_SETTINGS or "filter" not in row or row["filter"] in FILTER_SETTINGS[key]
 
 
-def task_title(task: str, config: dict) -> str:
+OPERATIONS = {"mul": "x·y", "add": "x+y", "sub": "x−y", "div": "x/y", "sq_sum": "x²+y²", "quad": "x²+xy+y²",
+              "cube_xy": "x³+xy", "cube_xy2_y": "x³+xy²+y"}
+
+
+def task_title(task: str, config: dict, swept: list[str]) -> str:
     if task == "modular":
-        op = {"mul": "x·y", "add": "x+y", "sub": "x−y", "div": "x/y"}.get(config["operation"], config["operation"])
+        op = "operations" if "operation" in swept else OPERATIONS.get(config["operation"], config["operation"])
         return f"{op} mod {config['p']}"
     return {"mnist": "MNIST MLP", "imdb": "IMDb LSTM", "qm9": "QM9 GNN"}.get(task, task)
+
+
+def tick(key: str, value) -> str:
+    return OPERATIONS.get(value, value) if key == "operation" else show(value)
 
 
 def load(sweep_dir: Path, threshold: float) -> tuple[dict, pd.DataFrame]:
@@ -108,7 +118,8 @@ def heatmaps(spec: dict, table: pd.DataFrame, x: str, y: str, panels: list[str],
     panel_values = list(product(*(ordered(table[k]) for k in panels))) or [()]
     finite = table["reached_at"].dropna()
     norm = LogNorm(vmin=max(finite.min(), 1), vmax=max(finite.max(), finite.min() + 1)) if len(finite) else None
-    fig, axes = plt.subplots(1, len(panel_values), figsize=(1.3 * len(xs) * len(panel_values) + 2.5,
+    labels_in = 0.08 * max(len(tick(y, v)) for v in ys)  # room for the y labels (configurations are long)
+    fig, axes = plt.subplots(1, len(panel_values), figsize=(1.3 * max(len(xs), 3) * len(panel_values) + 1.5 + labels_in,
                                                            0.9 * len(ys) + 2.2), squeeze=False, layout="constrained")
     image = None
     for ax, values in zip(axes[0], panel_values):
@@ -133,8 +144,8 @@ def heatmaps(spec: dict, table: pd.DataFrame, x: str, y: str, panels: list[str],
                 text = f"> {budget:,}\n{reached}/{n}"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
         image = ax.imshow(np.ma.masked_invalid(grid), norm=norm, cmap="viridis_r", origin="lower", aspect="auto")
-        ax.set_xticks(range(len(xs)), [show(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [show(v) for v in ys])
+        ax.set_xticks(range(len(xs)), [tick(x, v) for v in xs])
+        ax.set_yticks(range(len(ys)), [tick(y, v) for v in ys])
         ax.set_xlabel(label(x))
         ax.set_ylabel(label(y))
         if panels:
@@ -169,7 +180,7 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
                 lows.append(hits.min() if len(hits) else np.nan)
                 highs.append(hits.max() if len(hits) else np.nan)
                 never += [j] * int(reached.isna().sum())
-            name = f"{label(hue)} {show(hue_value)}" if hue else None
+            name = (hue_value if hue == "configuration" else f"{label(hue)} {tick(hue, hue_value)}") if hue else None
             ax.plot(range(len(xs)), medians, "o-", color=f"C{c}", label=name)
             ax.fill_between(range(len(xs)), lows, highs, color=f"C{c}", alpha=0.2)
             if never:  # jittered a little so that several seeds stay visible
@@ -178,8 +189,9 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(PLAIN)
         ax.yaxis.set_minor_formatter(PLAIN)
-        ax.set_xticks(range(len(xs)), [show(v) for v in xs], rotation=30 if len(str(xs[-1])) > 8 else 0,
-                      ha="right" if len(str(xs[-1])) > 8 else "center")
+        ticks = [tick(x, v) for v in xs]
+        wide = max(len(t) for t in ticks) > 8
+        ax.set_xticks(range(len(xs)), ticks, rotation=30 if wide else 0, ha="right" if wide else "center")
         ax.set_xlabel(label(x))
         ax.grid(True, which="both", alpha=0.3)
         if panels:
@@ -191,6 +203,12 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
     axes[0][0].set_ylabel(f"steps to {threshold:.0%} val. accuracy")
     fig.suptitle(title + "\nline: median of the seeds that reached it; shaded: their range", fontsize=10)
     return save(fig, path)
+
+
+def crosses(table: pd.DataFrame, key: str, rest: list[str], configuration) -> bool:
+    """Whether every value of `key` meets every configuration of the `rest` settings (a grid of variants)."""
+    pairs = {(repr(row[key]), configuration(row, rest)) for _, row in table.iterrows()}
+    return len({p[0] for p in pairs}) > 1 and len(pairs) == len({p[0] for p in pairs}) * len({p[1] for p in pairs})
 
 
 def save(fig, path: Path) -> Path:
@@ -214,7 +232,7 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
     seeds = len(spec["seeds"])
     unfinished = len(members) - len(table)
     pct = round(threshold * 100)
-    title = (f"{task_title(spec['task'], configs[0])}: steps to {threshold:.0%} validation accuracy, "
+    title = (f"{task_title(spec['task'], configs[0], axes)}: steps to {threshold:.0%} validation accuracy, "
              f"{seeds} seed{'s' if seeds > 1 else ''} per setting"
              + (f" ({unfinished} members not finished, left out)" if unfinished else "")
              + (f"\nfixed: {', '.join(fixed)}" if fixed else ""))
@@ -223,10 +241,17 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
     if not axes:
         raise UserError(f"{sweep_dir}: nothing is swept but the seed")
     paths = []
-    if not is_grid:  # a list of variants: one axis of configurations
-        table["configuration"] = [", ".join(f"{k}={show(row[k])}" for k in axes if pd.notna(row[k]) and uses(row, k))
-                                  for _, row in table.iterrows()]
-        return [lines(table, "configuration", None, [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
+    if not is_grid:  # variants: one axis of configurations, crossed with a grid setting where there is one
+        def configuration(row, keys):
+            return ", ".join(f"{k}={show(row[k])}" for k in keys if pd.notna(row[k]) and uses(row, k))
+        x = x or next((k for k in axes if crosses(table, k, [a for a in axes if a != k], configuration)), None)
+        keys = [k for k in axes if k != x]
+        table["configuration"] = [configuration(row, keys) for _, row in table.iterrows()]
+        if x is None or not crosses(table, x, keys, configuration):
+            return [lines(table, "configuration", None, [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
+        return [heatmaps(spec, table, x, "configuration", [], threshold, title,
+                         sweep_dir / f"heatmap_steps_to_{pct}.png"),
+                lines(table, x, "configuration", [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
     x = x or axes[0]
     rest = [k for k in axes if k != x]
     y = y or (rest[0] if rest else None)

@@ -112,3 +112,18 @@ def test_a_second_runner_on_the_same_sweep_refuses(tmp_path):
                             timeout=120)
     lock.close()
     assert result.returncode == 2 and "another sweep.py is running the sweep in" in result.stderr
+
+
+def test_variants_crossed_with_a_grid_make_a_heatmap_of_configurations(tmp_path, texts):
+    plot_sweep, drawn = texts
+    # 2 variants x 2 operations: the ema variant reaches at 30, the plain one never on sub
+    def reached_at(m):
+        return 30 if m.cfg.filter == "ema" else (None if m.cfg.operation == "sub" else 60)
+    sweep_dir = fake_sweep(tmp_path, reached_at, variants=[{"filter": "none"}, {"filter": "ema", "lamb": 2.0}],
+                           grid={"operation": ["add", "sub"]}, seeds=[0, 1])
+    paths = plot_sweep.plot_sweep(sweep_dir)
+    assert [p.name for p in paths] == ["heatmap_steps_to_95.png", "lines_steps_to_95.png"]
+    cells = drawn["heatmap_steps_to_95.png"]
+    # rows (configurations, sorted): filter=ema, lamb=2 then filter=none; columns add, sub
+    assert cells[:4] == ["30\n2/2", "30\n2/2", "60\n2/2", "> 100\n0/2"]
+    assert cells[-1].startswith("operations mod 97: steps to 95%")
