@@ -1,4 +1,5 @@
-"""The mod-97 Decoder's forward for M members' stacked parameters at once, written with batched matmuls.
+"""The mod-97 Decoder's forward for M members' stacked parameters at once: batched matmuls for the linear
+layers, elementwise products summed for the (tiny) attention scores and weighted values.
 
 A population (repro/population.py) can run any task through torch.func.vmap over the task's own
 model; for the Decoder this explicit version is a little faster on an H200 (5-7%, results/bench) and
@@ -48,10 +49,12 @@ def _attention(p: dict, prefix: str, x: torch.Tensor, num_heads: int, last_only:
         return t.reshape(m, t.shape[1], batch, num_heads, head_dim).permute(0, 2, 3, 1, 4)
 
     root_scale = (1.0 / head_dim ** 0.5) ** 0.5  # SDPA's math kernel scales q and k by sqrt(scale) each
-    scores = torch.matmul(heads(q) * root_scale, heads(k).transpose(-2, -1) * root_scale)
+    # len x len (len <= 4) by head_dim: products summed, which torch.compile fuses, not cuBLAS gemv kernels
+    q, k, v = heads(q) * root_scale, heads(k) * root_scale, heads(v)
+    scores = (q[..., :, None, :] * k[..., None, :, :]).sum(-1)  # [M, batch, heads, query len, key len]
     if not last_only:  # the float causal mask (-inf above the diagonal); the last query sees every key
         scores = scores + torch.full((seq, seq), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
-    out = torch.matmul(scores.softmax(-1), heads(v))  # [M, batch, heads, len, head_dim]
+    out = (scores.softmax(-1)[..., None] * v[..., None, :, :]).sum(-2)  # [M, batch, heads, len, head_dim]
     out = out.permute(0, 3, 1, 2, 4).reshape(m, -1, batch, dim)
     return _linear(out, p[prefix + "out_proj.weight"], p[prefix + "out_proj.bias"])
 
