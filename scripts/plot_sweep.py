@@ -205,7 +205,12 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
     return save(fig, path)
 
 
-def crosses(table: pd.DataFrame, key: str, rest: list[str], configuration) -> bool:
+def configuration(row, keys: list[str]) -> str:
+    """A member's label by its settings among `keys` (those its filter ignores left out)."""
+    return ", ".join(f"{k}={show(row[k])}" for k in keys if pd.notna(row[k]) and uses(row, k))
+
+
+def crosses(table: pd.DataFrame, key: str, rest: list[str]) -> bool:
     """Whether every value of `key` meets every configuration of the `rest` settings (a grid of variants)."""
     pairs = {(repr(row[key]), configuration(row, rest)) for _, row in table.iterrows()}
     return len({p[0] for p in pairs}) > 1 and len(pairs) == len({p[0] for p in pairs}) * len({p[1] for p in pairs})
@@ -242,13 +247,12 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
         raise UserError(f"{sweep_dir}: nothing is swept but the seed")
     paths = []
     if not is_grid:  # variants: one axis of configurations, crossed with a grid setting where there is one
-        def configuration(row, keys):
-            return ", ".join(f"{k}={show(row[k])}" for k in keys if pd.notna(row[k]) and uses(row, k))
-        x = x or next((k for k in axes if crosses(table, k, [a for a in axes if a != k], configuration)), None)
-        keys = [k for k in axes if k != x]
-        table["configuration"] = [configuration(row, keys) for _, row in table.iterrows()]
-        if x is None or not crosses(table, x, keys, configuration):
+        x = x or next((k for k in axes if crosses(table, k, [a for a in axes if a != k])), None)
+        rest = [k for k in axes if k != x]
+        if x is None or not crosses(table, x, rest):
+            table["configuration"] = [configuration(row, axes) for _, row in table.iterrows()]
             return [lines(table, "configuration", None, [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
+        table["configuration"] = [configuration(row, rest) for _, row in table.iterrows()]
         return [heatmaps(spec, table, x, "configuration", [], threshold, title,
                          sweep_dir / f"heatmap_steps_to_{pct}.png"),
                 lines(table, x, "configuration", [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]

@@ -95,6 +95,9 @@ def test_a_configuration_label_leaves_out_the_settings_its_filter_ignores(tmp_pa
                            seeds=[0])
     plot_sweep.plot_sweep(sweep_dir)
     assert sorted(labels["x"]) == ["filter=ema, lamb=5", "filter=none"]
+    labels.clear()  # an --x the variants do not cross with still labels by every setting
+    plot_sweep.plot_sweep(sweep_dir, x="filter")
+    assert sorted(labels["x"]) == ["filter=ema, lamb=5", "filter=none"]
 
 
 def test_plot_sweep_errors_are_one_line(tmp_path):
