@@ -3,10 +3,12 @@
 Builds the population as scripts/bench_population.py does (members with seeds 0..M-1, the engine's
 stacked optimizer and filter), runs the warm-up updates, then profiles --steps updates and prints the
 operators and kernels ranked by their own device time, with each one's share of the total. Modes are
-bench_population's without CUDA graphs (a graph replay hides its kernels from the profiler): `eager`, or
-`compile` (torch.compile of the population's loss). Writes one table per layout to --out_dir.
+bench_population's without CUDA graphs (a graph replay hides its kernels from the profiler): `eager`,
+`compile` (torch.compile of the population's loss) or `engine` (the loss, evaluation, optimizer and
+filter compiled, as `compile: true` trains, here without the graphs). Writes one table per layout to
+--out_dir.
 
-    python scripts/profile_population.py --sizes 128 --precisions fp32 tf32 --modes eager compile
+    python scripts/profile_population.py --sizes 128 --precisions fp32 tf32 --modes eager compile engine
     python scripts/profile_population.py --device cpu --sizes 2 --modes eager --steps 3 \\
         --task_flags="--p 11 --dim 32 --num_heads 2 --batch_size 32"   # a smoke test
 """
@@ -28,6 +30,7 @@ def profile_layout(members: int, precision: str, mode: str, job: dict, steps: in
     set_precision(precision)
     spec = dict(layout="population", members=members, precision=precision, mode=mode)
     runner, task, _ = build(spec, job, device)
+    runner.use_graphs = False  # `engine` builds with CUDA graphs; their replays would hide the kernels
     cfg = base_config(job)
     warmup = cfg.warmup_steps + 2 * task.batches.batches_per_epoch  # as bench_population: compiled, warm
     for step in range(warmup):
@@ -40,7 +43,7 @@ def profile_layout(members: int, precision: str, mode: str, job: dict, steps: in
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
-    if mode.startswith("compile"):
+    if mode != "eager":
         import torch._dynamo as dynamo
         dynamo.reset()
     return f"# {members} members, {precision}, {mode}: {steps} updates after {warmup} warm-up\n{table}\n"
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128], help="population sizes (default 128)")
     parser.add_argument("--precisions", nargs="+", choices=["fp32", "tf32"], default=["fp32"])
-    parser.add_argument("--modes", nargs="+", choices=["eager", "compile"], default=["eager", "compile"])
+    parser.add_argument("--modes", nargs="+", choices=["eager", "compile", "engine"],
+                        default=["eager", "compile"])
     parser.add_argument("--steps", type=int, default=20, help="profiled updates per layout (default 20)")
     parser.add_argument("--rows", type=int, default=40, help="table rows (default 40)")
     parser.add_argument("--config", default=DEFAULT_CONFIG)
