@@ -24,7 +24,7 @@ from repro.metrics import early_stop
 from repro.population import Population, check_member_configs
 from repro.population_filter import make_stacked_filter
 from repro.population_optim import make_stacked_optimizer
-from repro.precision import set_tf32
+from repro.precision import Precision, set_tf32
 from repro.run_folder import RunFolder, out_dir_for
 from repro.step import TWO_STAGE_STEPS, warmup_factor
 
@@ -85,8 +85,10 @@ class PopulationStep:
                 self.filter.step = torch.compile(self.filter.step)
         self.clips = any(c.clip_grad_norm for c in cfgs)
         self.active = torch.ones(population.size, dtype=torch.bool, device=device)
+        self.precision = Precision(self.cfg.amp, device)  # bf16 or none: PopulationTrainer refuses fp16
         graphs = self.cfg.cuda_graphs and device.type == "cuda"
-        self.use_graphs = graphs and self.cfg.on_nonfinite != "skip"
+        # autocast stays out of the update's graphs, as in the solo StepRunner
+        self.use_graphs = graphs and self.cfg.on_nonfinite != "skip" and self.cfg.amp == "none"
         self.graphed_step, self.eager_step_done = None, False
         task = PopulationTask(population)
         self.graphed_eval = GraphedEvaluate(task) if graphs and population.template.graph_safe_eval else None
@@ -102,7 +104,8 @@ class PopulationStep:
 
     def _loss_and_sums(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """(the members' summed loss, for backward; [losses | sums] per member, flattened)."""
-        losses, sums = self.population.loss_and_sums(batch)
+        with self.precision.autocast():
+            losses, sums = self.population.loss_and_sums(batch)
         rows = losses[:, None] if sums is None else torch.cat([losses[:, None], sums.to(losses.dtype)], 1)
         return losses.sum(), rows.reshape(-1)
 
@@ -158,7 +161,7 @@ class PopulationTrainer(Trainer):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("a population trains in one process: run it without torchrun")
         check_member_configs(cfgs)
-        unsupported = [flag for flag, on in (("--amp", cfgs[0].amp != "none"),
+        unsupported = [flag for flag, on in (("--amp fp16", cfgs[0].amp == "fp16"),
                                              ("--grad_accum_steps", cfgs[0].grad_accum_steps > 1),
                                              ("--on_nonfinite skip", cfgs[0].on_nonfinite == "skip")) if on]
         if unsupported:
