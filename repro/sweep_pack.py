@@ -31,11 +31,12 @@ def stackable(task: str) -> bool:
 
 
 def stacks(member: Member) -> bool:
-    """Whether the member can train in a population: a stackable task, in float32, one batch per step and
-    stopping on a non-finite loss (the population has no autocast, no micro-batches and no skipped steps:
-    it would silently train otherwise than the solo run)."""
+    """Whether the member can train in a population: a stackable task, in float32 or bf16 autocast, one
+    batch per step and stopping on a non-finite loss (the population has no fp16 loss scaler, no
+    micro-batches and no skipped steps: it would silently train otherwise than the solo run)."""
     cfg = member.cfg
-    return stackable(cfg.task) and cfg.amp == "none" and cfg.grad_accum_steps == 1 and cfg.on_nonfinite == "stop"
+    return (stackable(cfg.task) and cfg.amp != "fp16" and cfg.grad_accum_steps == 1
+            and cfg.on_nonfinite == "stop")
 
 
 def member_bytes(member: Member, device_type: str) -> int:

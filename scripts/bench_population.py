@@ -17,7 +17,9 @@ makes M * S / W run-steps per second. Layouts (a row each in the JSON):
                CUDA MPS (a daemon started and stopped here, in a temp folder).
 
 Precision: `fp32` sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 to False (strict
-fp32), `tf32` both True; the processes run with torch's defaults (matmul fp32, as main.py trains).
+fp32), `tf32` both True, `bf16` both False and the config's `amp: bf16` (the loss under autocast, no
+CUDA graphs, as the engine runs it; only when --precisions names it); the processes run with torch's
+defaults (matmul fp32, as main.py trains).
 
 Timing of the solo and population rows: after the warm-up updates (the engine's lr warm-up, then two
 epochs, so the CUDA graphs of both batch shapes are captured and torch.compile has compiled), --steps
@@ -74,7 +76,7 @@ from repro.metrics import git_commit  # noqa: E402
 DEFAULT_OUT = "results/bench/population_h200.json"
 DEFAULT_CONFIG = "configs/modular/ema.yaml"
 MODES = ("graph", "eager", "compile", "compile+graph", "engine", "vmap+graph")
-PRECISIONS = ("fp32", "tf32")
+PRECISIONS = ("fp32", "tf32", "bf16")
 GOAL_ANY, GOAL_FP32 = 20_000, 8_000  # run-steps/s (issue 19)
 GRACE_S = 20  # how far past the time budget a running worker or process set may go before it is killed
 # tests: "<layout>:<members>:<precision>:<mode>=<fault>[,...]", fault: raise (an error row), broken (that,
@@ -149,7 +151,8 @@ def build(spec: dict, job: dict, device: torch.device):
     cfg = base_config(job)
     mode = spec["mode"]
     cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph") or mode == "engine",
-                              compile=cfg.compile or mode == "engine")
+                              compile=cfg.compile or mode == "engine",
+                              amp="bf16" if spec["precision"] == "bf16" else cfg.amp)
     if spec["layout"] == "solo":
         task = ModularTask(cfg, device)
         runner = StepRunner(cfg, task, device, None)
@@ -606,8 +609,8 @@ def parse_args(argv):
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="where to train (default cuda)")
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 64, 128],
                         help="population sizes M (default 1 8 32 64 128)")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS),
-                        help="fp32 (TF32 off) and/or tf32 (TF32 on) (default both)")
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "tf32"],
+                        help="of fp32 (TF32 off), tf32, bf16 (default fp32 tf32)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="population modes (default on cuda: graph compile+graph compile; on cpu: eager)")
     parser.add_argument("--compile_sizes", type=int, nargs="+", default=None,

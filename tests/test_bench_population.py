@@ -166,7 +166,7 @@ def test_every_option_is_explained_and_bad_ones_are_refused(capsys, monkeypatch)
                         (["--sizes", "0"], "population sizes must be >= 1"),
                         (["--time_budget_s", "-1"], "--time_budget_s must be >= 0"),
                         (["--config", "nowhere.yaml"], "no such file"),
-                        (["--precisions", "bf16"], "invalid choice"),
+                        (["--precisions", "fp16"], "invalid choice"),
                         (["--task_flags=--p 1"], "p must be >= 3"),
                         (["--task_flags=--bogus 1"], "unrecognized arguments: --bogus"),
                         (["--task_flags", "--p '11"], "--task_flags")):
@@ -188,3 +188,7 @@ def test_engine_mode_builds_the_population_as_the_engine_compiles_it():
     runner, _, _ = bench.build(dict(layout="population", members=2, precision="fp32", mode="eager"), job,
                                torch.device("cpu"))
     assert not runner.cfg.compile and not hasattr(runner.optimizer.step, "_torchdynamo_orig_callable")
+    assert runner.cfg.amp == "none"
+    runner, _, _ = bench.build(dict(layout="population", members=2, precision="bf16", mode="eager"), job,
+                               torch.device("cpu"))
+    assert runner.cfg.amp == "bf16"  # the loss under autocast, as `--amp bf16` trains

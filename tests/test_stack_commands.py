@@ -48,7 +48,7 @@ def test_what_cannot_stack_passes_through(tmp_path):
         f"python3 main.py --config configs/modular/ema.yaml --seed 0 --results_dir {tmp_path}",  # alone: EMA
         f"python3 main.py --config configs/modular/ma.yaml --seed 0 --results_dir {tmp_path}",  # MA family
         f"env CUDA_MPS_CLIENT_PRIORITY=1 python3 main.py --seed 1 --results_dir {tmp_path}",  # an env prefix
-        f"python3 main.py --config configs/modular/ema.yaml --seed 3 --amp bf16 --results_dir {tmp_path}",  # amp
+        f"python3 main.py --config configs/modular/ema.yaml --seed 3 --amp fp16 --results_dir {tmp_path}",  # fp16
     ]
     out = run([sys.executable, "scripts/stack_commands.py"], "\n".join(lines) + "\n")
     assert out.splitlines() == lines
