@@ -104,12 +104,14 @@ def cell(rows: pd.DataFrame) -> tuple[float, int, int]:
     return (statistics.median(values) if values else math.nan), sum(math.isfinite(v) for v in values), len(values)
 
 
+def numeric(values) -> bool:
+    return all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool) for v in values)
+
+
 def ordered(values) -> list:
+    """Distinct values: numbers ascending, anything else (operations, configurations) in the sweep's order."""
     values = list(dict.fromkeys(values))
-    try:
-        return sorted(values)
-    except TypeError:
-        return values
+    return sorted(values) if numeric(values) else values
 
 
 def heatmaps(spec: dict, table: pd.DataFrame, x: str, y: str, panels: list[str], threshold: float,
@@ -166,11 +168,13 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
     fig, axes = plt.subplots(1, len(panel_values), figsize=(max(6.5, 0.9 * len(xs) + 3) * len(panel_values), 4.6),
                              squeeze=False, sharey=True, layout="constrained")
     budget = int(table["budget"].max())
+    categorical = not numeric(xs)  # no line between unrelated x values: points, ranges as error bars
     for ax, values in zip(axes[0], panel_values):
         rows = table
         for key, value in zip(panels, values):
             rows = rows[rows[key] == value]
-        for c, hue_value in enumerate(ordered(rows[hue]) if hue else [None]):
+        hues = ordered(rows[hue]) if hue else [None]
+        for c, hue_value in enumerate(hues):
             series = rows if hue is None else rows[rows[hue] == hue_value]
             medians, lows, highs, never = [], [], [], []
             for j, xv in enumerate(xs):
@@ -181,8 +185,13 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
                 highs.append(hits.max() if len(hits) else np.nan)
                 never += [j] * int(reached.isna().sum())
             name = (hue_value if hue == "configuration" else f"{label(hue)} {tick(hue, hue_value)}") if hue else None
-            ax.plot(range(len(xs)), medians, "o-", color=f"C{c}", label=name)
-            ax.fill_between(range(len(xs)), lows, highs, color=f"C{c}", alpha=0.2)
+            if categorical:
+                at = np.arange(len(xs)) + 0.1 * (c - (len(hues) - 1) / 2)
+                spread = [np.subtract(medians, lows), np.subtract(highs, medians)]
+                ax.errorbar(at, medians, yerr=spread, fmt="o", color=f"C{c}", capsize=3, label=name)
+            else:
+                ax.plot(range(len(xs)), medians, "o-", color=f"C{c}", label=name)
+                ax.fill_between(range(len(xs)), lows, highs, color=f"C{c}", alpha=0.2)
             if never:  # jittered a little so that several seeds stay visible
                 ax.plot([j + 0.06 * (c - 1) for j in never], [budget] * len(never), "x", color=f"C{c}", ms=7)
         ax.axhline(budget, color="0.5", ls="--", lw=1)
@@ -201,7 +210,9 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
                               label=f"budget ({budget:,} steps); x: a seed that never reached it"))
         ax.legend(handles=handles, fontsize=7)
     axes[0][0].set_ylabel(f"steps to {threshold:.0%} val. accuracy")
-    fig.suptitle(title + "\nline: median of the seeds that reached it; shaded: their range", fontsize=10)
+    shown = "point: median of the seeds that reached it; bar" if categorical else \
+        "line: median of the seeds that reached it; shaded"
+    fig.suptitle(title + f"\n{shown}: their range", fontsize=10)
     return save(fig, path)
 
 

@@ -127,6 +127,7 @@ def test_variants_crossed_with_a_grid_make_a_heatmap_of_configurations(tmp_path,
     paths = plot_sweep.plot_sweep(sweep_dir)
     assert [p.name for p in paths] == ["heatmap_steps_to_95.png", "lines_steps_to_95.png"]
     cells = drawn["heatmap_steps_to_95.png"]
-    # rows (configurations, sorted): filter=ema, lamb=2 then filter=none; columns add, sub
-    assert cells[:4] == ["30\n2/2", "30\n2/2", "60\n2/2", "> 100\n0/2"]
+    # rows (configurations, in the sweep's order): filter=none then filter=ema, lamb=2; columns add, sub
+    assert cells[:4] == ["60\n2/2", "> 100\n0/2", "30\n2/2", "30\n2/2"]
     assert cells[-1].startswith("operations mod 97: steps to 95%")
+    assert "point: median of the seeds that reached it; bar: their range" in drawn["lines_steps_to_95.png"][-1]
