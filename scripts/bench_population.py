@@ -48,7 +48,7 @@ context unusable, costs that layout only: the next worker goes on with the rest)
 layouts run while no worker holds the GPU. A layout that fails is a row with an `error`; one not run
 (the time budget, MPS unavailable, a smaller population out of memory) a row with `skipped`.
 
-    python scripts/bench_population.py                       # the benchmark on one GPU, ~4-5 min
+    python scripts/bench_population.py                       # the benchmark on one GPU, ~4 min
     python scripts/bench_population.py --sizes 8 64 --modes graph --no_processes
     python scripts/bench_population.py --device cpu --sizes 1 2 --steps 5 --no_processes \\
         --task_flags="--p 11 --dim 32 --num_heads 2 --batch_size 32"   # a smoke test of the script
@@ -612,7 +612,7 @@ def parse_args(argv):
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32", "tf32"],
                         help="of fp32 (TF32 off), tf32, bf16 (default fp32 tf32)")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
-                        help="population modes (default on cuda: graph compile+graph compile; on cpu: eager)")
+                        help="population modes (default on cuda: graph engine; on cpu: eager)")
     parser.add_argument("--compile_sizes", type=int, nargs="+", default=None,
                         help="population sizes of the compile modes, which compile once per layout "
                              "(default on cuda: 64 128; on cpu: --sizes)")
@@ -648,7 +648,7 @@ def parse_args(argv):
     if any(m < 1 for m in args.sizes + (args.compile_sizes or [])):
         parser.error("population sizes must be >= 1")
     if args.modes is None:
-        args.modes = ["graph", "compile+graph", "compile"] if args.device == "cuda" else ["eager"]
+        args.modes = ["graph", "engine"] if args.device == "cuda" else ["eager"]
     if args.device == "cpu" and any("graph" in m for m in args.modes):
         parser.error("CUDA graphs need --device cuda (on cpu use --modes eager and/or compile)")
     if args.compile_sizes is None:
