@@ -185,15 +185,16 @@ def lines(table: pd.DataFrame, x: str, hue: str | None, panels: list[str], thres
                 highs.append(hits.max() if len(hits) else np.nan)
                 never += [j] * int(reached.isna().sum())
             name = (hue_value if hue == "configuration" else f"{label(hue)} {tick(hue, hue_value)}") if hue else None
+            shift = min(0.1, 0.8 / len(hues)) * (c - (len(hues) - 1) / 2)  # side by side, several seeds visible
             if categorical:
-                at = np.arange(len(xs)) + 0.1 * (c - (len(hues) - 1) / 2)
+                at = np.arange(len(xs)) + shift
                 spread = [np.subtract(medians, lows), np.subtract(highs, medians)]
                 ax.errorbar(at, medians, yerr=spread, fmt="o", color=f"C{c}", capsize=3, label=name)
             else:
                 ax.plot(range(len(xs)), medians, "o-", color=f"C{c}", label=name)
                 ax.fill_between(range(len(xs)), lows, highs, color=f"C{c}", alpha=0.2)
-            if never:  # jittered a little so that several seeds stay visible
-                ax.plot([j + 0.06 * (c - 1) for j in never], [budget] * len(never), "x", color=f"C{c}", ms=7)
+            if never:
+                ax.plot([j + shift for j in never], [budget] * len(never), "x", color=f"C{c}", ms=7)
         ax.axhline(budget, color="0.5", ls="--", lw=1)
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(PLAIN)
@@ -221,9 +222,9 @@ def configuration(row, keys: list[str]) -> str:
     return ", ".join(f"{k}={show(row[k])}" for k in keys if pd.notna(row[k]) and uses(row, k))
 
 
-def crosses(table: pd.DataFrame, key: str, rest: list[str]) -> bool:
+def crosses(configs: list[dict], key: str, rest: list[str]) -> bool:
     """Whether every value of `key` meets every configuration of the `rest` settings (a grid of variants)."""
-    pairs = {(repr(row[key]), configuration(row, rest)) for _, row in table.iterrows()}
+    pairs = {(repr(c[key]), configuration(c, rest)) for c in configs}
     return len({p[0] for p in pairs}) > 1 and len(pairs) == len({p[0] for p in pairs}) * len({p[1] for p in pairs})
 
 
@@ -258,9 +259,9 @@ def plot_sweep(sweep_dir: Path, threshold: float = 0.95, x: str | None = None, y
         raise UserError(f"{sweep_dir}: nothing is swept but the seed")
     paths = []
     if not is_grid:  # variants: one axis of configurations, crossed with a grid setting where there is one
-        x = x or next((k for k in axes if crosses(table, k, [a for a in axes if a != k])), None)
+        x = x or next((k for k in axes if crosses(configs, k, [a for a in axes if a != k])), None)
         rest = [k for k in axes if k != x]
-        if x is None or not crosses(table, x, rest):
+        if x is None or not crosses(configs, x, rest):
             table["configuration"] = [configuration(row, axes) for _, row in table.iterrows()]
             return [lines(table, "configuration", None, [], threshold, title, sweep_dir / f"lines_steps_to_{pct}.png")]
         table["configuration"] = [configuration(row, rest) for _, row in table.iterrows()]

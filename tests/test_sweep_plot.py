@@ -122,12 +122,25 @@ def test_variants_crossed_with_a_grid_make_a_heatmap_of_configurations(tmp_path,
     # 2 variants x 2 operations: the ema variant reaches at 30, the plain one never on sub
     def reached_at(m):
         return 30 if m.cfg.filter == "ema" else (None if m.cfg.operation == "sub" else 60)
-    sweep_dir = fake_sweep(tmp_path, reached_at, variants=[{"filter": "none"}, {"filter": "ema", "lamb": 2.0}],
+    # (the variants differ in two settings, so the members are no grid of filter x weight decay x operation)
+    sweep_dir = fake_sweep(tmp_path, reached_at, variants=[{"filter": "none", "weight_decay": 0.0},
+                                                           {"filter": "ema", "weight_decay": 0.005}],
                            grid={"operation": ["add", "sub"]}, seeds=[0, 1])
     paths = plot_sweep.plot_sweep(sweep_dir)
     assert [p.name for p in paths] == ["heatmap_steps_to_95.png", "lines_steps_to_95.png"]
     cells = drawn["heatmap_steps_to_95.png"]
-    # rows (configurations, in the sweep's order): filter=none then filter=ema, lamb=2; columns add, sub
+    # rows (configurations, in the sweep's order): filter=none, weight_decay=0 then filter=ema, weight_decay=0.005
     assert cells[:4] == ["60\n2/2", "> 100\n0/2", "30\n2/2", "30\n2/2"]
     assert cells[-1].startswith("operations mod 97: steps to 95%")
     assert "point: median of the seeds that reached it; bar: their range" in drawn["lines_steps_to_95.png"][-1]
+
+    # members not finished yet (summaries missing) leave their cell blank, not the heatmap out
+    sweep = load_sweep(tmp_path / "fake.yaml")
+    for member in sweep.members:
+        if member.cfg.filter == "none" and member.cfg.operation == "sub":
+            (sweep_dir / member.name / "summary.json").unlink()
+    write_table(sweep, sweep_dir)
+    paths = plot_sweep.plot_sweep(sweep_dir)
+    assert [p.name for p in paths] == ["heatmap_steps_to_95.png", "lines_steps_to_95.png"]
+    assert drawn["heatmap_steps_to_95.png"][:3] == ["60\n2/2", "30\n2/2", "30\n2/2"]
+    assert "2 members not finished, left out" in drawn["heatmap_steps_to_95.png"][-1]
