@@ -85,7 +85,9 @@ class PopulationStep:
                 self.filter.step = torch.compile(self.filter.step)
         self.clips = any(c.clip_grad_norm for c in cfgs)
         self.active = torch.ones(population.size, dtype=torch.bool, device=device)
-        self.precision = Precision(self.cfg.amp, device)  # bf16 or none: PopulationTrainer refuses fp16
+        if self.cfg.amp == "fp16":  # a loss scaler would skip every member's step on one member's overflow
+            raise UserError("a population does not support --amp fp16: run those members solo")
+        self.precision = Precision(self.cfg.amp, device)
         graphs = self.cfg.cuda_graphs and device.type == "cuda"
         # autocast stays out of the update's graphs, as in the solo StepRunner
         self.use_graphs = graphs and self.cfg.on_nonfinite != "skip" and self.cfg.amp == "none"

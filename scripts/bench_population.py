@@ -150,8 +150,7 @@ def build(spec: dict, job: dict, device: torch.device):
 
     cfg = base_config(job)
     mode = spec["mode"]
-    cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph") or mode == "engine",
-                              compile=cfg.compile or mode == "engine",
+    cfg = dataclasses.replace(cfg, cuda_graphs=mode.endswith("graph") or mode == "engine", compile=mode == "engine",
                               amp="bf16" if spec["precision"] == "bf16" else cfg.amp)
     if spec["layout"] == "solo":
         task = ModularTask(cfg, device)
@@ -191,6 +190,7 @@ def measure(spec: dict, job: dict, device: torch.device) -> dict:
         row["base_gpu_mem_mb"] = torch.cuda.memory_allocated(device) / 2**20
     t0 = time.perf_counter()
     runner, task, batch_fn = build(spec, job, device)
+    row["cuda_graphs"] = runner.use_graphs  # off under bf16 autocast whatever the mode's name says
     row["setup_s"] = round(time.perf_counter() - t0, 3)
     cfg = base_config(job)
     warmup = job["warmup"]
@@ -519,7 +519,7 @@ def comparison(rows: list[dict]) -> dict:
 
     procs = {r["mode"]: value(r) for r in rows if r["layout"] == "processes"}
     out = {"per_precision": {}}
-    for precision in PRECISIONS:
+    for precision in [p for p in PRECISIONS if any(r["precision"] == p for r in rows)]:
         top, top_eval = best(precision), best(precision, "run_steps_per_s_with_eval")
         solo = next((value(r) for r in rows if r["layout"] == "solo" and r["precision"] == precision and value(r)),
                     None)

@@ -153,6 +153,15 @@ def test_members_that_do_not_stack_run_alone(tmp_path, task, config, grid):
     assert all(len(group_commands(sweep, g, tmp_path)) == 1 for g in groups)
 
 
+def test_bf16_members_stack_apart_from_fp32_ones(tmp_path):
+    """--amp bf16 members train as populations (the loss under autocast); amp is shared, so bf16 and fp32
+    members never share one."""
+    sweep = load(tmp_path, config={"p": 11}, grid={"amp": ["none", "bf16"], "lamb": [1.0, 2.0]})
+    groups = pack(list(sweep.members), max_members=64)
+    assert sorted((g.members[0].cfg.amp, len(g.members)) for g in groups) == [("bf16", 6), ("none", 6)]
+    assert all(len({m.cfg.amp for m in g.members}) == 1 for g in groups)
+
+
 def test_a_group_of_one_runs_the_solo_command(tmp_path):
     sweep = load(tmp_path, config={"p": 11}, grid={"lamb": [1.0, 2.0]}, seeds=[0])
     groups = pack(list(sweep.members), max_members=1)
