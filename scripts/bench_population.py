@@ -166,6 +166,11 @@ def build(spec: dict, job: dict, device: torch.device):
     return runner, population.template, population.train_batch
 
 
+def default_warmup(cfg, task) -> int:
+    """The lr warm-up, then two epochs: both batch shapes' graphs captured, torch.compile done."""
+    return cfg.warmup_steps + 2 * task.batches.batches_per_epoch
+
+
 def timed_steps(runner, task, first: int, steps: int, device: torch.device, with_eval: bool):
     """Wall seconds of updates first .. first+steps-1 (and, with_eval, the loop's evaluations among them);
     the last update's losses."""
@@ -192,10 +197,7 @@ def measure(spec: dict, job: dict, device: torch.device) -> dict:
     runner, task, batch_fn = build(spec, job, device)
     row["cuda_graphs"] = runner.use_graphs  # off under bf16 autocast whatever the mode's name says
     row["setup_s"] = round(time.perf_counter() - t0, 3)
-    cfg = base_config(job)
-    warmup = job["warmup"]
-    if warmup is None:  # the lr warm-up, then two epochs: both batch shapes' graphs captured, compiled
-        warmup = cfg.warmup_steps + 2 * task.batches.batches_per_epoch
+    warmup = job["warmup"] if job["warmup"] is not None else default_warmup(runner.cfg, task)
     row["warmup_steps"], row["steps"] = warmup, steps
     t0 = time.perf_counter()
     for step in range(warmup):

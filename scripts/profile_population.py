@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_population import DEFAULT_CONFIG, base_config, build, set_precision, sync  # noqa: E402
+from bench_population import DEFAULT_CONFIG, build, default_warmup, set_precision, sync  # noqa: E402
 
 
 def profile_layout(members: int, precision: str, mode: str, job: dict, steps: int, rows: int) -> str:
@@ -31,8 +31,7 @@ def profile_layout(members: int, precision: str, mode: str, job: dict, steps: in
     spec = dict(layout="population", members=members, precision=precision, mode=mode)
     runner, task, _ = build(spec, job, device)
     runner.use_graphs = False  # `engine` builds with CUDA graphs; their replays would hide the kernels
-    cfg = base_config(job)
-    warmup = cfg.warmup_steps + 2 * task.batches.batches_per_epoch  # as bench_population: compiled, warm
+    warmup = default_warmup(runner.cfg, task)
     for step in range(warmup):
         runner.train_step(step)
     sync(device)
