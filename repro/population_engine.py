@@ -65,6 +65,16 @@ class PopulationTask:
         return self.template.table_metrics(records)
 
 
+def refuse_unsupported(cfg: Config) -> None:
+    """A population has no fp16 loss scaler (one member's overflow would skip every member's step), no
+    micro-batches and no skipped steps: members with those train solo."""
+    unsupported = [flag for flag, on in (("--amp fp16", cfg.amp == "fp16"),
+                                         ("--grad_accum_steps", cfg.grad_accum_steps > 1),
+                                         ("--on_nonfinite skip", cfg.on_nonfinite == "skip")) if on]
+    if unsupported:
+        raise UserError(f"a population does not support {', '.join(unsupported)}: run those members solo")
+
+
 class PopulationStep:
     """The population's update (forward + backward of every member, then clip -> filter -> optimizer
     step, each masked to the active members) and evaluation, eager or replayed as CUDA graphs."""
@@ -85,12 +95,11 @@ class PopulationStep:
                 self.filter.step = torch.compile(self.filter.step)
         self.clips = any(c.clip_grad_norm for c in cfgs)
         self.active = torch.ones(population.size, dtype=torch.bool, device=device)
-        if self.cfg.amp == "fp16":  # a loss scaler would skip every member's step on one member's overflow
-            raise UserError("a population does not support --amp fp16: run those members solo")
+        refuse_unsupported(self.cfg)
         self.precision = Precision(self.cfg.amp, device)
         graphs = self.cfg.cuda_graphs and device.type == "cuda"
         # autocast stays out of the update's graphs, as in the solo StepRunner
-        self.use_graphs = graphs and self.cfg.on_nonfinite != "skip" and self.cfg.amp == "none"
+        self.use_graphs = graphs and self.cfg.amp == "none"
         self.graphed_step, self.eager_step_done = None, False
         task = PopulationTask(population)
         self.graphed_eval = GraphedEvaluate(task) if graphs and population.template.graph_safe_eval else None
@@ -163,11 +172,7 @@ class PopulationTrainer(Trainer):
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise UserError("a population trains in one process: run it without torchrun")
         check_member_configs(cfgs)
-        unsupported = [flag for flag, on in (("--amp fp16", cfgs[0].amp == "fp16"),
-                                             ("--grad_accum_steps", cfgs[0].grad_accum_steps > 1),
-                                             ("--on_nonfinite skip", cfgs[0].on_nonfinite == "skip")) if on]
-        if unsupported:
-            raise UserError(f"a population does not support {', '.join(unsupported)}: run those members solo")
+        refuse_unsupported(cfgs[0])  # before any member's folder is opened
         set_tf32(cfgs[0].tf32)  # shared: not a member field
         self.device, self.dist, self.is_main = resolve_device(cfgs[0].device), None, True
         tasks = [task_cls(cfg, self.device) for cfg in cfgs]

@@ -4,8 +4,8 @@ layers, elementwise products summed for the (tiny) attention scores and weighted
 A population (repro/population.py) can run any task through torch.func.vmap over the task's own
 model; for the Decoder this explicit version was 5-7% faster on an H200 with batched matmuls in the
 attention too, and the elementwise attention then made a compiled 128-member step 1.3x faster
-(results/bench); it also needs no vmap rules (SDPA's CPU kernel has none). It is the same function as modular.Decoder.forward,
-member by member, with every parameter carrying a leading member dimension M:
+(results/bench); it also needs no vmap rules (SDPA's CPU kernel has none). It is the same function as
+modular.Decoder.forward, member by member, with every parameter carrying a leading member dimension M:
 
     params: {Decoder parameter name: [M, *shape]}   tokens: [M, seq, batch] long   ->   logits [M, batch, vocab]
 
