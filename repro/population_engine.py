@@ -98,8 +98,7 @@ class PopulationStep:
         refuse_unsupported(self.cfg)
         self.precision = Precision(self.cfg.amp, device)
         graphs = self.cfg.cuda_graphs and device.type == "cuda"
-        # autocast stays out of the update's graphs, as in the solo StepRunner
-        self.use_graphs = graphs and self.cfg.amp == "none"
+        self.use_graphs = graphs  # bf16's autocast too (fp16 is refused above)
         self.graphed_step, self.eager_step_done = None, False
         task = PopulationTask(population)
         self.graphed_eval = GraphedEvaluate(task) if graphs and population.template.graph_safe_eval else None

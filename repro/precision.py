@@ -29,9 +29,11 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
 
     def autocast(self):
+        """The forward's autocast. Without its cache of weight casts: a CUDA graph cannot capture that
+        cache (torch's CUDA-graph notes), and these models use each weight once per forward anyway."""
         if self.dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, cache_enabled=False)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler else loss).backward()

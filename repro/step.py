@@ -72,9 +72,9 @@ class StepRunner:
         if cfg.compile:  # fuses the many tiny kernels of these small models; compiles at the first step
             task.loss_and_sums = torch.compile(task.loss_and_sums)
         graphs = cfg.cuda_graphs and device.type == "cuda"
-        # --on_nonfinite skip checks every step on the host: eager too
+        # --on_nonfinite skip checks every step on the host, and fp16's loss scaler on overflow: eager
         self.use_graphs = (graphs and task.graph_safe_loss and cfg.on_nonfinite != "skip"
-                           and not self.micro_batches and cfg.amp == "none")
+                           and not self.micro_batches and cfg.amp != "fp16")
         self.graphed_step: GraphedTrainStep | None = None
         self.eager_step_done = False
         self.graphed_eval = GraphedEvaluate(task) if graphs and task.graph_safe_eval and not dist else None

@@ -17,8 +17,8 @@ makes M * S / W run-steps per second. Layouts (a row each in the JSON):
                CUDA MPS (a daemon started and stopped here, in a temp folder).
 
 Precision: `fp32` sets torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 to False (strict
-fp32), `tf32` both True, `bf16` both False and the config's `amp: bf16` (the loss under autocast, no
-CUDA graphs, as the engine runs it; only when --precisions names it); the processes run with torch's
+fp32), `tf32` both True, `bf16` both False and the config's `amp: bf16` (the loss under autocast, as
+the engine runs it; only when --precisions names it); the processes run with torch's
 defaults (matmul fp32, as main.py trains).
 
 Timing of the solo and population rows: after the warm-up updates (the engine's lr warm-up, then two
@@ -195,7 +195,7 @@ def measure(spec: dict, job: dict, device: torch.device) -> dict:
         row["base_gpu_mem_mb"] = torch.cuda.memory_allocated(device) / 2**20
     t0 = time.perf_counter()
     runner, task, batch_fn = build(spec, job, device)
-    row["cuda_graphs"] = runner.use_graphs  # off under bf16 autocast whatever the mode's name says
+    row["cuda_graphs"] = runner.use_graphs  # whether the mode's graphs really ran
     row["setup_s"] = round(time.perf_counter() - t0, 3)
     warmup = job["warmup"] if job["warmup"] is not None else default_warmup(runner.cfg, task)
     row["warmup_steps"], row["steps"] = warmup, steps

@@ -68,7 +68,7 @@ def stack(lines: list[str], max_group: int, files_dir: Path | None = None) -> li
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text)
             job.device = group.members[0].cfg.device
-            out[first] = shlex.join([shlex.split(lines[first])[0], *job.command[1:]])
+            out[first] = shlex.join([*shlex.split(lines[first])[:2], *job.command[2:]])  # python, script as given
     return [out[i] for i in sorted(out)]
 
 
