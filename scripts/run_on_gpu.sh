@@ -3,7 +3,7 @@
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh [--tables "imdb qm9"] [--seeds "0 1 2"] [--jobs 16] [--deadline 560] [--results runs]
-#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--populations]
+#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--populations [--solo REGEX]]
 # --tables: of modular_ema modular_ma mnist imdb qm9 (default all five); --seeds, --results: as for
 #   scripts/reproduce_<table>.sh (default results folder runs/, git-ignored; --results results writes
 #   the committed one); --jobs: runs at once (default 16); --deadline: seconds until running runs are
@@ -18,6 +18,10 @@
 #   per step at 25%. "" turns it off.
 # --populations: the mod-97 and MNIST runs that can share a population train as one
 #   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
+#   Measured on an H200 it made the 42-run set slower (results/sittings/20261202T185339Z_populations): a
+#   population's step does all its members' work, and the 300,000-step controls inside one set the pace.
+# --solo: with --populations, runs whose command matches stay solo processes (say 'wd_ma\.yaml' for those
+#   controls; not yet timed). Default: none.
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -28,7 +32,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0
+FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0; SOLO=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -40,6 +44,7 @@ while [ $# -gt 0 ]; do
     --first) needs_value "$1" $#; FIRST="$2"; shift 2 ;;
     --sm_limit) needs_value "$1" $#; SM_LIMIT="$2"; shift 2 ;;
     --populations) POPULATIONS=1; shift ;;
+    --solo) needs_value "$1" $#; SOLO="$2"; shift 2 ;;
     *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -61,7 +66,7 @@ fi
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
            | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
 if [ "$POPULATIONS" = 1 ]; then
-  commands=$("${PYTHON:-python3}" scripts/stack_commands.py --dir "$RESULTS/populations" <<<"$commands")
+  commands=$("${PYTHON:-python3}" scripts/stack_commands.py --dir "$RESULTS/populations" --keep_solo "$SOLO" <<<"$commands")
 fi
 mps=0; started_mps=0  # an MPS daemon already running (another sitting's) is used, and left to its owner
 if command -v nvidia-cuda-mps-control >/dev/null; then

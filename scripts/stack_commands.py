@@ -10,10 +10,11 @@ same settings but for the per-member ones such as seed, learning rate, weight de
 label, the same resume step; at most --max_group) become one `--population` command; each member still
 writes its solo run's folder (<results_dir>/<task>/<run name>), so summarize.py and plot_runs.py read the
 result unchanged. The population files go to --dir (default: <results_dir>/populations of the first
-member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group) are
-passed through as they came; a run listed twice is kept once. Output lines keep the input's order.
+member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group, lines
+matching --keep_solo) are passed through as they came; a run listed twice is kept once. Output lines keep the input's order.
 """
 import argparse
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -44,10 +45,10 @@ def as_member(line: str) -> tuple[Member, Path] | None:
     return (member, folder.parent) if stacks(member) else None
 
 
-def stack(lines: list[str], max_group: int, files_dir: Path | None = None) -> list[str]:
+def stack(lines: list[str], max_group: int, files_dir: Path | None = None, keep_solo: str = "") -> list[str]:
     by_folder, first_line, out = {}, {}, {}  # members whose folders share a parent may share a population
     for i, line in enumerate(lines):
-        found = as_member(line)
+        found = None if keep_solo and re.search(keep_solo, line) else as_member(line)
         if found is None:
             out[i] = line
             continue
@@ -76,9 +77,16 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max_group", type=int, default=64, help="members per population at most (default 64)")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the population files")
+    parser.add_argument("--keep_solo", default="", metavar="REGEX",
+                        help="lines matching it stay solo runs: a population's step does all its members' work, "
+                             "so a run much longer than the others finishes later inside one")
     args = parser.parse_args(argv)
+    try:
+        re.compile(args.keep_solo)
+    except re.error as exc:
+        parser.error(f"--keep_solo {args.keep_solo!r}: {exc}")
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    print("\n".join(stack(lines, args.max_group, args.dir)))
+    print("\n".join(stack(lines, args.max_group, args.dir, args.keep_solo)))
     return 0
 
 

@@ -52,3 +52,14 @@ def test_what_cannot_stack_passes_through(tmp_path):
     ]
     out = run([sys.executable, "scripts/stack_commands.py"], "\n".join(lines) + "\n")
     assert out.splitlines() == lines
+
+
+def test_keep_solo_leaves_matching_runs_out_of_the_populations(tmp_path):
+    lines = table_commands(tmp_path).splitlines()
+    stacked = run([sys.executable, "scripts/stack_commands.py", "--keep_solo", r"wd_ema\.yaml"], "\n".join(lines))
+    out = stacked.splitlines()
+    assert [line for line in out if "wd_ema.yaml" in line] == [line for line in lines if "wd_ema.yaml" in line]
+    assert len(out) == 3 and sum("--population" in line for line in out) == 1  # the other four: one population
+    bad = subprocess.run([sys.executable, "scripts/stack_commands.py", "--keep_solo", "("], cwd=REPO, input="",
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--keep_solo" in bad.stderr
