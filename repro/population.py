@@ -58,6 +58,14 @@ NOT_STACKABLE = {
 }
 
 
+def unsupported_flags(cfg) -> list[str]:
+    """What a population cannot train as the solo run would: an fp16 loss scaler (one member's overflow
+    would skip every member's step), micro-batches, skipped steps. Such members train solo."""
+    return [flag for flag, on in (("--amp fp16", cfg.amp == "fp16"),
+                                  ("--grad_accum_steps", cfg.grad_accum_steps > 1),
+                                  ("--on_nonfinite skip", cfg.on_nonfinite == "skip")) if on]
+
+
 def filter_kinds(cfgs: Sequence) -> set[str]:
     """The stacked filter kinds the members' filters need: 'ema' (also for 'ema_highpass', whose EMA state
     is the same) and/or 'ma'; members without a filter need none."""

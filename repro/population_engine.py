@@ -21,7 +21,7 @@ from repro.engine import NO_EARLIER_SEGMENTS, Trainer
 from repro.errors import RunAlreadyFinished, UserError
 from repro.graphs import GraphedEvaluate, GraphedTrainStep
 from repro.metrics import early_stop
-from repro.population import Population, check_member_configs
+from repro.population import Population, check_member_configs, unsupported_flags
 from repro.population_filter import make_stacked_filter
 from repro.population_optim import make_stacked_optimizer
 from repro.precision import Precision, set_tf32
@@ -66,11 +66,7 @@ class PopulationTask:
 
 
 def refuse_unsupported(cfg: Config) -> None:
-    """A population has no fp16 loss scaler (one member's overflow would skip every member's step), no
-    micro-batches and no skipped steps: members with those train solo."""
-    unsupported = [flag for flag, on in (("--amp fp16", cfg.amp == "fp16"),
-                                         ("--grad_accum_steps", cfg.grad_accum_steps > 1),
-                                         ("--on_nonfinite skip", cfg.on_nonfinite == "skip")) if on]
+    unsupported = unsupported_flags(cfg)
     if unsupported:
         raise UserError(f"a population does not support {', '.join(unsupported)}: run those members solo")
 

@@ -19,7 +19,7 @@ from repro import checkpoint as ckpt
 from repro.errors import UserError
 from repro.memory import OVERHEAD, estimate_bytes
 from repro.metrics import atomic_write_text
-from repro.population import MEMBER_FIELDS, STACKABLE_TASKS
+from repro.population import MEMBER_FIELDS, STACKABLE_TASKS, unsupported_flags
 from repro.sweep_spec import Member, Sweep, task_classes
 
 CUDA_CONTEXT_MB = 500  # a process's CUDA context and kernels, outside what torch allocates
@@ -31,12 +31,9 @@ def stackable(task: str) -> bool:
 
 
 def stacks(member: Member) -> bool:
-    """Whether the member can train in a population: a stackable task, in float32 or bf16 autocast, one
-    batch per step and stopping on a non-finite loss (the population has no fp16 loss scaler, no
-    micro-batches and no skipped steps: it would silently train otherwise than the solo run)."""
-    cfg = member.cfg
-    return (stackable(cfg.task) and cfg.amp != "fp16" and cfg.grad_accum_steps == 1
-            and cfg.on_nonfinite == "stop")
+    """Whether the member can train in a population: a stackable task, and nothing the population would
+    silently train otherwise than the solo run (population.unsupported_flags)."""
+    return stackable(member.cfg.task) and not unsupported_flags(member.cfg)
 
 
 def member_bytes(member: Member, device_type: str) -> int:
