@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_population import DEFAULT_CONFIG, build, default_warmup, set_precision, sync  # noqa: E402
+from bench_population import DEFAULT_CONFIG, PRECISIONS, build, default_warmup, set_precision, sync  # noqa: E402
 
 
 def profile_layout(members: int, precision: str, mode: str, job: dict, steps: int, rows: int) -> str:
@@ -54,7 +54,8 @@ def main(argv=None) -> int:
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128], help="population sizes (default 128)")
-    parser.add_argument("--precisions", nargs="+", choices=["fp32", "tf32"], default=["fp32"])
+    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="of fp32 (TF32 off), tf32, bf16 (autocast, as bench_population.py; default fp32)")
     parser.add_argument("--modes", nargs="+", choices=["eager", "compile", "engine"],
                         default=["eager", "compile"])
     parser.add_argument("--steps", type=int, default=20, help="profiled updates per layout (default 20)")
