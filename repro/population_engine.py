@@ -86,7 +86,7 @@ class PopulationStep:
             # every step, so it would recompile each time
             population.loss_and_sums = torch.compile(population.loss_and_sums)
             population.evaluate = torch.compile(population.evaluate)
-            self.optimizer.step = torch.compile(self.optimizer.step)
+            self.optimizer.apply = torch.compile(self.optimizer.apply)  # its per-member scalars stay eager
             if self.filter and self.filter.kind == "ema":
                 self.filter.step = torch.compile(self.filter.step)
         self.clips = any(c.clip_grad_norm for c in cfgs)

@@ -44,7 +44,8 @@ class _StackedOptimizer:
     """Shared machinery: per-member hyperparameter vectors, step counts, masked updates, state dicts.
 
     Subclasses set `torch_class`, `state_keys`, `member_hyperparams` (the names of the float64 [M]
-    vectors) and `shared` (scalar hyperparameters common to all members), and define _update()."""
+    vectors) and `shared` (scalar hyperparameters common to all members), and define _columns() and
+    _update()."""
 
     torch_class: type
     state_keys: tuple
@@ -91,12 +92,22 @@ class _StackedOptimizer:
         if active is None:
             active = torch.ones(self.size, dtype=torch.bool, device=self.param.device)
         self.step_count.add_(active.to(self.step_count.dtype))  # torch counts before the update
-        new = self._update(grad)
-        keep = self._col(active).bool()
+        self.apply(grad, self._col(active).bool(), self._columns())
+
+    def apply(self, grad: torch.Tensor, keep: torch.Tensor, columns: dict[str, torch.Tensor]) -> None:
+        """The elementwise update of the rows where `keep` [M, 1, ...] is True: what the engine compiles.
+        The per-member scalars come in as computed columns: inside one compiled function torch.compile
+        would fuse their float64 arithmetic (the bias corrections' powers) into the update's kernel and
+        redo it for every element."""
+        new = self._update(grad, columns)
         for key, tensor in [("param", self.param), *self.state.items()]:
             tensor.copy_(torch.where(keep, new[key], tensor))
 
-    def _update(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _columns(self) -> dict[str, torch.Tensor]:
+        """This step's per-member scalars, computed from the float64 [M] vectors, as _col columns."""
+        raise NotImplementedError
+
+    def _update(self, grad: torch.Tensor, columns: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Every member's new parameters and state, out of place ({'param': ..., state key: ...})."""
         raise NotImplementedError
 
@@ -195,20 +206,28 @@ class StackedAdam(_StackedOptimizer):
                          decoupled_weight_decay=bool(decoupled_weight_decay))
         self.torch_class = torch.optim.AdamW if self.decoupled_weight_decay else torch.optim.Adam
 
-    def _update(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-        col, p = self._col, self.param
-        if self.decoupled_weight_decay:
-            p = p * col(1 - self.lr * self.weight_decay)  # torch: param.mul_(1 - lr * weight_decay)
-        else:
-            grad = torch.addcmul(grad, p, col(self.weight_decay))  # torch: grad.add(param, alpha=weight_decay)
-        exp_avg = torch.lerp(self.state["exp_avg"], grad, col(1 - self.beta1))
-        # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        exp_avg_sq = torch.addcmul(self.state["exp_avg_sq"] * col(self.beta2), grad * col(1 - self.beta2), grad)
+    def _columns(self) -> dict[str, torch.Tensor]:
+        col = self._col
         bias_correction1 = 1 - self.beta1 ** self.step_count
         bias_correction2 = 1 - self.beta2 ** self.step_count
-        denom = (exp_avg_sq.sqrt() / col(bias_correction2.sqrt())).add_(self.eps)
+        # AdamW's factor, torch's param.mul_(1 - lr * weight_decay); Adam's, grad.add(param, alpha=weight_decay)
+        decay = 1 - self.lr * self.weight_decay if self.decoupled_weight_decay else self.weight_decay
+        return {"decay": col(decay), "one_minus_beta1": col(1 - self.beta1), "beta2": col(self.beta2),
+                "one_minus_beta2": col(1 - self.beta2), "sqrt_bias_correction2": col(bias_correction2.sqrt()),
+                "step_size": col(-self.lr / bias_correction1)}
+
+    def _update(self, grad: torch.Tensor, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        p = self.param
+        if self.decoupled_weight_decay:
+            p = p * c["decay"]
+        else:
+            grad = torch.addcmul(grad, p, c["decay"])
+        exp_avg = torch.lerp(self.state["exp_avg"], grad, c["one_minus_beta1"])
+        # torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        exp_avg_sq = torch.addcmul(self.state["exp_avg_sq"] * c["beta2"], grad * c["one_minus_beta2"], grad)
+        denom = (exp_avg_sq.sqrt() / c["sqrt_bias_correction2"]).add_(self.eps)
         # torch: param.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-        p = torch.addcdiv(p, col(-self.lr / bias_correction1) * exp_avg, denom)
+        p = torch.addcdiv(p, c["step_size"] * exp_avg, denom)
         return {"param": p, "exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq}
 
     def _member_kwargs(self, i: int) -> dict:
@@ -251,14 +270,18 @@ class StackedSGD(_StackedOptimizer):
             _check(not nesterov or mom > 0, f"Nesterov momentum requires a momentum (member {i})")
         super().__init__(param, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=bool(nesterov))
 
-    def _update(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
-        col, p = self._col, self.param
-        grad = torch.addcmul(grad, p, col(self.weight_decay))  # torch: grad.add(param, alpha=weight_decay)
-        momentum = col(self.momentum)
-        first = col(self.step_count == 1).bool()  # torch: buf = grad.clone() when the member has none
-        buf = torch.where(first, grad, self.state["momentum_buffer"] * momentum + grad)
+    def _columns(self) -> dict[str, torch.Tensor]:
+        col = self._col
+        return {"weight_decay": col(self.weight_decay), "momentum": col(self.momentum),
+                "first": col(self.step_count == 1).bool(), "neg_lr": col(-self.lr)}
+
+    def _update(self, grad: torch.Tensor, c: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        p, momentum = self.param, c["momentum"]
+        grad = torch.addcmul(grad, p, c["weight_decay"])  # torch: grad.add(param, alpha=weight_decay)
+        # torch: buf = grad.clone() when the member has none
+        buf = torch.where(c["first"], grad, self.state["momentum_buffer"] * momentum + grad)
         direction = torch.addcmul(grad, buf, momentum) if self.nesterov else buf
-        return {"param": torch.addcmul(p, direction, col(-self.lr)), "momentum_buffer": buf}
+        return {"param": torch.addcmul(p, direction, c["neg_lr"]), "momentum_buffer": buf}
 
     def _member_kwargs(self, i: int) -> dict:
         return {"lr": float(self.lr[i]), "momentum": float(self.momentum[i]),

@@ -184,10 +184,10 @@ def test_engine_mode_builds_the_population_as_the_engine_compiles_it():
     runner, _, _ = bench.build(dict(layout="population", members=2, precision="fp32", mode="engine"), job,
                                torch.device("cpu"))
     assert runner.cfg.compile and runner.cfg.cuda_graphs
-    assert hasattr(runner.optimizer.step, "_torchdynamo_orig_callable")  # compiled, not yet run
+    assert hasattr(runner.optimizer.apply, "_torchdynamo_orig_callable")  # compiled, not yet run
     runner, _, _ = bench.build(dict(layout="population", members=2, precision="fp32", mode="eager"), job,
                                torch.device("cpu"))
-    assert not runner.cfg.compile and not hasattr(runner.optimizer.step, "_torchdynamo_orig_callable")
+    assert not runner.cfg.compile and not hasattr(runner.optimizer.apply, "_torchdynamo_orig_callable")
     assert runner.cfg.amp == "none"
     runner, _, _ = bench.build(dict(layout="population", members=2, precision="bf16", mode="eager"), job,
                                torch.device("cpu"))

@@ -3,6 +3,7 @@
 A task owns its data (already on the device), its model, its loss and its metrics. The engine owns
 everything else: optimizer, warm-up, clipping, the Grokfast filter, logging, checkpoints.
 """
+import functools
 from typing import Any, Hashable
 
 import torch
@@ -87,7 +88,10 @@ class EpochBatches:
     """Index batches of a shuffled epoch, like a DataLoader(shuffle=True, drop_last=False).
 
     Epoch e's permutation comes from a generator seeded with (seed, e), so the batch of any step
-    is known without replaying earlier steps; the current epoch's permutation is cached.
+    is known without replaying earlier steps; the current epoch's permutation is cached. On CUDA the
+    next epoch's permutation is drawn ahead on a side stream, so its small sort kernels run beside the
+    current epoch's steps instead of between them (a population draws one per member each epoch: 128
+    members' draws took 7% of a bf16 step's GPU time on an H200); the same values either way.
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
@@ -95,14 +99,41 @@ class EpochBatches:
         self.batches_per_epoch = -(-num_examples // batch_size)
         self._epoch, self._perm = -1, None
         self._generator = torch.Generator(device=device)
+        self._ahead = None  # (epoch, permutation, event recorded when it is drawn), CUDA only
+
+    def _draw(self, epoch: int) -> torch.Tensor:
+        self._generator.manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=self._generator, device=self.device)
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._generator.device.type != "cuda":
+            return self._draw(epoch)
+        current = torch.cuda.current_stream(self._generator.device)
+        if self._ahead is not None and self._ahead[0] == epoch:
+            _, perm, drawn = self._ahead
+            current.wait_event(drawn)
+            perm.record_stream(current)  # the allocator must not reuse it while this stream reads it
+        else:
+            perm = self._draw(epoch)
+        with torch.cuda.stream(_side_stream(self._generator.device)):
+            ahead = self._draw(epoch + 1)
+            drawn = torch.cuda.Event()
+            drawn.record()
+        self._ahead = (epoch + 1, ahead, drawn)
+        return perm
 
     def __call__(self, step: int) -> torch.Tensor:
         epoch, index = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            self._generator.manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(self.n, generator=self._generator, device=self.device)
+            self._perm = self._permutation(epoch)
             self._epoch = epoch
         return self._perm[index * self.batch_size:(index + 1) * self.batch_size]
+
+
+@functools.cache
+def _side_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One stream per device for the permutations drawn ahead (every EpochBatches shares it)."""
+    return torch.cuda.Stream(device)
 
 
 def scale_parameters_(model: nn.Module, factor: float) -> None:

@@ -24,10 +24,15 @@ def _column(v: torch.Tensor, ndim: int) -> torch.Tensor:
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x [M, ..., in] @ weight[m].T + bias[m] for every member m (nn.Linear per member)."""
+    """x [M, ..., in] @ weight[m].T + bias[m] for every member m (nn.Linear per member).
+
+    The bias is added after the product, not by baddbmm: on CUDA baddbmm first copies the broadcast bias
+    into its whole output (a pass over the activations), where torch.compile fuses a separate add into
+    the next elementwise kernel; the same sum, to float rounding."""
     rows = x.reshape(x.shape[0], -1, x.shape[-1])
-    out = torch.bmm(rows, weight.transpose(1, 2)) if bias is None else \
-        torch.baddbmm(bias[:, None, :], rows, weight.transpose(1, 2))
+    out = torch.bmm(rows, weight.transpose(1, 2))
+    if bias is not None:
+        out = out + bias[:, None, :]
     return out.view(*x.shape[:-1], weight.shape[1])
 
 
