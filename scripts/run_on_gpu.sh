@@ -21,7 +21,8 @@
 #   Measured on an H200 it made the 42-run set slower (results/sittings/20261202T185339Z_populations): a
 #   population's step does all its members' work, and the 300,000-step controls inside one set the pace.
 # --solo: with --populations, runs whose command matches stay solo processes (say 'wd_ma\.yaml' for those
-#   controls; not yet timed). Default: none.
+#   controls; its one H200 sitting was lost unfinished, and by its pace IMDb would then have set it:
+#   results/sittings/20261202T2115Z_populations_solo_controls.md). Default: none.
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
