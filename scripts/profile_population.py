@@ -13,6 +13,7 @@ filter compiled, as `compile: true` trains, here without the graphs). Writes one
         --task_flags="--p 11 --dim 32 --num_heads 2 --batch_size 32"   # a smoke test
 """
 import argparse
+import datetime
 import shlex
 import sys
 from pathlib import Path
@@ -21,11 +22,22 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_population import DEFAULT_CONFIG, PRECISIONS, build, default_warmup, set_precision, sync  # noqa: E402
+from repro.metrics import git_commit  # noqa: E402
 
 
-def profile_layout(members: int, precision: str, mode: str, job: dict, steps: int, rows: int) -> str:
-    """The profiler's table of one layout, ranked by self device time (CPU time on a CPU device)."""
+def provenance(device: torch.device, argv: list[str]) -> str:
+    """What a table was measured with: the command, the device, torch, the commit and the date."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    command = shlex.join(["scripts/profile_population.py", *argv])
+    return f"{command}; {name}, torch {torch.__version__}, commit {git_commit()}, {when}"
+
+
+def profile_layout(members: int, precision: str, mode: str, job: dict, steps: int, rows: int, where: str) -> str:
+    """The profiler's table of one layout, ranked by self device time (CPU time on a CPU device), under a
+    heading that names the layout and `where` (provenance())."""
     device = torch.device(job["device"])
     set_precision(precision)
     spec = dict(layout="population", members=members, precision=precision, mode=mode)
@@ -45,7 +57,7 @@ def profile_layout(members: int, precision: str, mode: str, job: dict, steps: in
     if mode != "eager":
         import torch._dynamo as dynamo
         dynamo.reset()
-    return f"# {members} members, {precision}, {mode}: {steps} updates after {warmup} warm-up\n{table}\n"
+    return f"# {members} members, {precision}, {mode}: {steps} updates after {warmup} warm-up\n# {where}\n{table}\n"
 
 
 def main(argv=None) -> int:
@@ -65,10 +77,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out_dir", type=Path, default=None, help="also write each table here")
     args = parser.parse_args(argv)
     job = {"device": args.device, "config": args.config, "task_flags": shlex.split(args.task_flags)}
+    where = provenance(torch.device(args.device), sys.argv[1:] if argv is None else list(argv))
     for members in args.sizes:
         for precision in args.precisions:
             for mode in args.modes:
-                text = profile_layout(members, precision, mode, job, args.steps, args.rows)
+                text = profile_layout(members, precision, mode, job, args.steps, args.rows, where)
                 print(text, flush=True)
                 if args.out_dir:
                     args.out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,5 +14,7 @@ def test_a_tiny_cpu_profile_writes_its_table(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = (tmp_path / "profile_2_fp32_eager.txt").read_text()
     assert table.startswith("# 2 members, fp32, eager: 2 updates after")
+    where = table.splitlines()[1]  # what it was measured with
+    assert where.startswith("# scripts/profile_population.py --device cpu --sizes 2") and ", commit " in where
     assert "aten::" in table and "Self CPU time total" in table
     assert table in result.stdout
