@@ -95,6 +95,8 @@ class EpochBatches:
     """
 
     def __init__(self, num_examples: int, batch_size: int, seed: int, device: torch.device):
+        if device.type == "cuda" and device.index is None:  # one side stream per GPU, whichever is current later
+            device = torch.device("cuda", torch.cuda.current_device())
         self.n, self.batch_size, self.seed, self.device = num_examples, batch_size, seed, device
         self.batches_per_epoch = -(-num_examples // batch_size)
         self._epoch, self._perm = -1, None
@@ -106,16 +108,16 @@ class EpochBatches:
         return torch.randperm(self.n, generator=self._generator, device=self.device)
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._generator.device.type != "cuda":
+        if self.device.type != "cuda":
             return self._draw(epoch)
-        current = torch.cuda.current_stream(self._generator.device)
+        current = torch.cuda.current_stream(self.device)
         if self._ahead is not None and self._ahead[0] == epoch:
             _, perm, drawn = self._ahead
             current.wait_event(drawn)
             perm.record_stream(current)  # the allocator must not reuse it while this stream reads it
         else:
             perm = self._draw(epoch)
-        with torch.cuda.stream(_side_stream(self._generator.device)):
+        with torch.cuda.stream(_side_stream(self.device)):
             ahead = self._draw(epoch + 1)
             drawn = torch.cuda.Event()
             drawn.record()
