@@ -23,13 +23,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_population import DEFAULT_CONFIG, PRECISIONS, build, default_warmup, set_precision, sync  # noqa: E402
+from bench_population import DEFAULT_CONFIG, PRECISIONS, build, cpu_name, default_warmup, set_precision, sync  # noqa: E402
 from repro.metrics import git_commit  # noqa: E402
 
 
 def provenance(device: torch.device, argv: list[str]) -> str:
     """What a table was measured with: the command, the device, torch, the commit and the date."""
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     command = shlex.join(["scripts/profile_population.py", *argv])
     return f"{command}; {name}, torch {torch.__version__}, commit {git_commit()}, {when}"

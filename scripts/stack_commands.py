@@ -45,10 +45,11 @@ def as_member(line: str) -> tuple[Member, Path] | None:
     return (member, folder.parent) if stacks(member) else None
 
 
-def stack(lines: list[str], max_group: int, files_dir: Path | None = None, keep_solo: str = "") -> list[str]:
+def stack(lines: list[str], max_group: int, files_dir: Path | None = None,
+          keep_solo: re.Pattern | None = None) -> list[str]:
     by_folder, first_line, out = {}, {}, {}  # members whose folders share a parent may share a population
     for i, line in enumerate(lines):
-        found = None if keep_solo and re.search(keep_solo, line) else as_member(line)
+        found = None if keep_solo and keep_solo.search(line) else as_member(line)
         if found is None:
             out[i] = line
             continue
@@ -82,11 +83,11 @@ def main(argv=None) -> int:
                              "so a run much longer than the others finishes later inside one")
     args = parser.parse_args(argv)
     try:
-        re.compile(args.keep_solo)
+        keep_solo = re.compile(args.keep_solo) if args.keep_solo else None
     except re.error as exc:
         parser.error(f"--keep_solo {args.keep_solo!r}: {exc}")
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    print("\n".join(stack(lines, args.max_group, args.dir, args.keep_solo)))
+    print("\n".join(stack(lines, args.max_group, args.dir, keep_solo)))
     return 0
 
 
