@@ -14,9 +14,8 @@ torch.func.functional_call of the first member's task (the template), with membe
 and member i's tensor data swapped in. A member's tensor data are the task attributes that are
 tensors and differ between members (mod-97's seed-dependent train/val split; MNIST has none: every
 seed reads the same images). Anything else the task reads in those calls (its config, its model's
-buffers) must be equal across members; a tensor the task rewrites before each evaluation (stage_eval) is
-restacked from every member's after it (Task.staged_attributes). mod-97, MNIST and IMDb stack
-(STACKABLE_TASKS); QM9 does not (NOT_STACKABLE says why). Backward of the summed member losses gives each member its own gradient in
+buffers) must be equal across members. mod-97 and MNIST stack (STACKABLE_TASKS); IMDb and QM9 do not
+(NOT_STACKABLE says why). Backward of the summed member losses gives each member its own gradient in
 flat.grad: members share no parameter, so d(sum_j loss_j)/d(row i) = d(loss_i)/d(row i).
 
 A loop's step (clip -> filter -> optimizer step, as the solo engine):
@@ -51,8 +50,9 @@ MEMBER_FIELDS = frozenset({
 # the tasks a population can train, each tested against its solo runs (tests/test_population.py), and
 # why the others cannot; the population swaps in only a member's tensor attributes, so a task keeping
 # per-member data in other objects would silently give every member the template's
-STACKABLE_TASKS = ("modular", "mnist", "imdb")
+STACKABLE_TASKS = ("modular", "mnist")
 NOT_STACKABLE = {
+    "imdb": "its nn.LSTM has no vmap batching rule (aten::lstm.input, no fallback either)",
     "qm9": "its padded batch shapes follow each seed's split, and its evaluation batch is a graph object "
            "(not a tensor) the population cannot swap per member",
 }
@@ -60,10 +60,8 @@ NOT_STACKABLE = {
 
 def unsupported_flags(cfg) -> list[str]:
     """What a population cannot train as the solo run would: an fp16 loss scaler (one member's overflow
-    would skip every member's step), micro-batches, skipped steps, IMDb under bf16 (the stacked LSTM
-    runs in float32, the solo run's cuDNN LSTM in bf16). Such members train solo."""
+    would skip every member's step), micro-batches, skipped steps. Such members train solo."""
     return [flag for flag, on in (("--amp fp16", cfg.amp == "fp16"),
-                                  ("--amp bf16 (IMDb)", cfg.task == "imdb" and cfg.amp == "bf16"),
                                   ("--grad_accum_steps", cfg.grad_accum_steps > 1),
                                   ("--on_nonfinite skip", cfg.on_nonfinite == "skip")) if on]
 
@@ -266,22 +264,8 @@ class Population:
         return losses.detach(), sums
 
     @torch.no_grad()
-    def stage_eval(self, step: int) -> None:
-        """Every member's Task.stage_eval(step), and their staged attributes into the stacked data, in
-        place (a captured evaluation graph reads those tensors)."""
-        tasks = {id(t): t for t in (self.template, *self.tasks)}.values()
-        for task in tasks:
-            task.stage_eval(step)
-        for name in self.template.staged_attributes:
-            if name in self.member_data:
-                self.member_data[name].copy_(torch.stack([getattr(t, name) for t in self.tasks]))
-
-    @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, torch.Tensor]:
-        """The task's evaluation for every member: {metric: [M]}. Stages its inputs first, unless a CUDA
-        graph is being captured (whose replays the caller stages)."""
-        if not (self.flat.is_cuda and torch.cuda.is_current_stream_capturing()):
-            self.stage_eval(step)
+        """The task's evaluation for every member: {metric: [M]}."""
         if self.native:
             return self.template.population_evaluate(self.params(), self.stacked_data, step)
         return self._vmapped(lambda: self.template.evaluate(step))

@@ -59,7 +59,7 @@ class PopulationTask:
         return self.template.eval_graph_key(step)
 
     def stage_eval(self, step: int) -> None:
-        self.population.stage_eval(step)
+        self.template.stage_eval(step)
 
     def table_metrics(self, records: list[dict]) -> dict:
         return self.template.table_metrics(records)

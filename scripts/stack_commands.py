@@ -10,7 +10,7 @@ same settings but for the per-member ones such as seed, learning rate, weight de
 label, the same resume step; at most --max_group) become one `--population` command; each member still
 writes its solo run's folder (<results_dir>/<task>/<run name>), so summarize.py and plot_runs.py read the
 result unchanged. The population files go to --dir (default: <results_dir>/populations of the first
-member). Other lines (QM9, env-prefixed or unparsable commands, a run alone in its group, lines
+member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group, lines
 matching --keep_solo) are passed through as they came; a run listed twice is kept once. Output lines keep the input's order.
 """
 import argparse

@@ -44,7 +44,7 @@ def test_a_tables_runs_train_as_one_population_into_their_solo_folders(tmp_path)
 
 def test_what_cannot_stack_passes_through(tmp_path):
     lines = [
-        f"python3 main_imdb.py --config configs/imdb/baseline.yaml --seed 0 --results_dir {tmp_path}",  # alone in its group
+        f"python3 main_imdb.py --config configs/imdb/baseline.yaml --seed 0 --results_dir {tmp_path}",  # no vmap
         f"python3 main.py --config configs/modular/ema.yaml --seed 0 --results_dir {tmp_path}",  # alone: EMA
         f"python3 main.py --config configs/modular/ma.yaml --seed 0 --results_dir {tmp_path}",  # MA family
         f"env CUDA_MPS_CLIENT_PRIORITY=1 python3 main.py --seed 1 --results_dir {tmp_path}",  # an env prefix

@@ -34,8 +34,8 @@ def sweep_script():
 
 
 def test_stackable_tasks():
-    assert stackable("modular") and stackable("mnist") and stackable("imdb")
-    assert not stackable("qm9")
+    assert stackable("modular") and stackable("mnist")
+    assert not stackable("imdb") and not stackable("qm9")
 
 
 def test_members_differing_only_per_member_share_a_group(tmp_path):
@@ -144,8 +144,7 @@ def test_momentum_sweep_keeps_heavy_ball_and_nesterov_apart():
     ("modular", {"p": 11, "amp": "fp16"}, {"lamb": [1.0, 2.0]}),  # the population has no loss scaler
     ("modular", {"p": 11, "grad_accum_steps": 2}, {"lamb": [1.0, 2.0]}),  # nor micro-batches
     ("modular", {"p": 11, "on_nonfinite": "skip"}, {"lamb": [1.0, 2.0]}),  # nor skipped steps
-    ("imdb", {"amp": "bf16"}, {"lamb": [1.0, 2.0]}),  # the stacked LSTM runs in float32, cuDNN's in bf16
-    ("qm9", {}, {"lamb": [1.0, 2.0]}),
+    ("imdb", {}, {"lamb": [1.0, 2.0]}),
 ])
 def test_members_that_do_not_stack_run_alone(tmp_path, task, config, grid):
     sweep = load(tmp_path, task=task, config=config, grid=grid)

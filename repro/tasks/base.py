@@ -25,8 +25,6 @@ class Task:
     # True when the task writes its loss and evaluation for a population's stacked members itself
     # (population_loss_and_sums, population_evaluate: faster than vmap over its own methods)
     population_native: bool = False
-    # tensor attributes stage_eval() rewrites: a population restacks its members' after staging them
-    staged_attributes: tuple[str, ...] = ()
 
     def train_batch(self, step: int) -> Any:
         """The batch of update `step` (0-based). A pure function of (seed, step), so resuming needs no

@@ -28,7 +28,6 @@ from repro.data.paths import resolve_data_dir
 from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
-from repro.tasks.imdb_stacked import stacked_lstm_probs
 
 VAL_SEED_OFFSET = 1 << 48  # keeps the validation-batch generator's seeds apart from EpochBatches'
 IMDB_REVIEWS = 50_000  # the labelled reviews of the IMDb dataset
@@ -141,21 +140,11 @@ def bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> to
         return loss + 0.0 * prob.sum()
 
 
-def member_bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """bce() of each member's row: prob, target [M, B] -> [M] (mean or sum over the row)."""
-    prob = prob.float()
-    loss = F.binary_cross_entropy(torch.nan_to_num(prob, nan=0.5), target.float(), reduction="none")
-    loss = loss.mean(1) if reduction == "mean" else loss.sum(1)
-    return loss + 0.0 * prob.sum(1)
-
-
 class ImdbTask(Task):
     name = "imdb"
     graph_safe_loss = True  # no dropout, no host sync: embedding + cuDNN LSTM + linear + BCE
     graph_safe_eval = True  # the per-step batch replays a graph (its indices staged); the grid runs eagerly
     batch_dim = 0  # (batch, seq_len + 1) rows
-    population_native = True  # population_loss_and_sums / population_evaluate: repro/tasks/imdb_stacked.py
-    staged_attributes = ("_val_batch",)
 
     @classmethod
     def footprint(cls, cfg: ImdbConfig) -> Footprint:
@@ -279,39 +268,6 @@ class ImdbTask(Task):
             "min_val_loss": pick("val_loss", min),
             "final_val_acc": grid[-1]["val_acc"] if grid else None,
         }
-
-    # ---- a population's calls: every member at once (repro/population.py) ---------------------------
-    def population_loss_and_sums(self, params: dict, data: dict, batch: torch.Tensor):
-        """loss of every member [M] (no batch sums, as loss_and_sums); batch [M, B, seq_len + 1]."""
-        return member_bce(stacked_lstm_probs(params, batch[..., :-1], train=True), batch[..., -1]), None
-
-    def _population_probs(self, params: dict, tokens: torch.Tensor) -> torch.Tensor:
-        """Each member's probabilities [M, n] of its rows tokens [M, n, seq], eval_chunk rows per member
-        at a time."""
-        chunk = self.cfg.eval_chunk
-        return torch.cat([stacked_lstm_probs(params, tokens[:, i:i + chunk], train=False)
-                          for i in range(0, tokens.shape[1], chunk)], 1)
-
-    @staticmethod
-    def _member_metrics(prob: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean BCE [M], accuracy [M]) of probabilities and targets [M, n], as _metrics per member."""
-        return member_bce(prob, target, reduction="sum") / target.shape[1], ((prob > 0.5).float() == target).float().mean(1)
-
-    @torch.no_grad()
-    def population_evaluate(self, params: dict, data: dict, step: int) -> dict[str, torch.Tensor]:
-        """evaluate() of every member ({metric: [M]}), each on its own validation batch (staged in
-        data['_val_batch'] by the population); a grid step's two whole splits in one forward."""
-        x_val, y_val, idx = data["x_val"], data["y_val"], data["_val_batch"]
-        tokens = torch.gather(x_val, 1, idx[..., None].expand(-1, -1, x_val.shape[-1]))
-        loss, acc = self._member_metrics(self._population_probs(params, tokens), torch.gather(y_val, 1, idx))
-        out = {"val_batch_loss": loss, "val_batch_acc": acc}
-        if self.is_grid_step(step):
-            n = data["x_train"].shape[1]
-            prob = self._population_probs(params, torch.cat([data["x_train"], x_val], 1))
-            train_loss, train_acc = self._member_metrics(prob[:, :n], data["y_train"])
-            val_loss, val_acc = self._member_metrics(prob[:, n:], y_val)
-            out.update(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc)
-        return out
 
     def run_name_part(self) -> str:
         cfg = self.cfg
