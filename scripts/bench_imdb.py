@@ -4,8 +4,8 @@ An IMDb step as main_imdb.py runs it: one update (repro.step.StepRunner, CUDA gr
 evaluations after it (the per-step validation batch of 50, and the whole splits every `eval_every` updates).
 Modes:
   prefix   the task as it trains: the leading padding every review shares runs once, for one row
-           (SentimentLSTM.pad_prefix; 150 of 500 steps on the paper's data);
-  plain    the same task with pad_prefix = 0: every row runs all 500 steps;
+           (SentimentLSTM's pad_prefix; on the paper's data 152 of 500 steps in training, 150 in evaluation);
+  plain    the same task with no prefix (pad_prefix 0): every row runs all 500 steps;
   plain_fp32  as plain, with torch.backends.cudnn.allow_tf32 = False (cuDNN's LSTM may otherwise use TF32
            tensor cores: the engine leaves cuDNN at torch's default, TF32 allowed).
 Each layout starts N worker processes at once (under CUDA MPS if a daemon runs: start it first, as
@@ -44,9 +44,9 @@ def worker(args) -> dict:
                                    *shlex.split(args.task_flags)])
     device = torch.device(args.device)
     task = ImdbTask(cfg, device)
-    prefix = task.model.pad_prefix
+    prefixes = {"train": task.train_prefix, "val": task.val_prefix}
     if args.mode != "prefix":
-        task.model.pad_prefix = 0
+        task.train_prefix = task.val_prefix = 0
     runner = StepRunner(cfg, task, device, None)
 
     def steps(first: int, count: int) -> float:
@@ -62,7 +62,7 @@ def worker(args) -> dict:
 
     steps(0, args.warmup)
     wall = steps(args.warmup, args.steps)
-    return {"ms_per_step": 1000 * wall / args.steps, "pad_prefix": task.model.pad_prefix, "data_prefix": prefix}
+    return {"ms_per_step": 1000 * wall / args.steps, "pad_prefix": task.train_prefix, "data_prefixes": prefixes}
 
 
 def layout(mode: str, processes: int, args) -> dict:

@@ -41,26 +41,26 @@ def test_last_step_head_equals_the_reference_all_steps_head():
 
 def test_shared_padding_counts_the_leading_zeros_of_every_row():
     tokens = torch.tensor([[0, 0, 0, 5, 0, 7], [0, 0, 3, 4, 5, 6]])
-    assert shared_padding(tokens) == 2 and shared_padding(tokens, torch.tensor([[0, 9]])) == 1
+    assert shared_padding(tokens) == 2 and shared_padding(torch.tensor([[0, 9]])) == 1
     assert shared_padding(torch.tensor([[4, 0, 0]])) == 0
 
 
 def test_the_shared_padding_prefix_is_the_same_function(data_dir):
-    """Running the padding every row starts with once (pad_prefix) gives the plain LSTM's outputs and
+    """Running the padding every row starts with once (the model's pad_prefix) gives the plain LSTM's outputs and
     gradients; in float64, so that rounding cannot hide a difference. Real reviews at the paper's length."""
     data = load_imdb(data_dir, num_reviews=1000, vocab_size=1000, seq_len=500, seed=0)
-    k = shared_padding(data["x_train"], data["x_val"])
-    assert k == 150  # the paper's 1000 reviews: every one has at least 150 leading pads of 500
+    k = shared_padding(data["x_train"])
+    assert k == 152 and shared_padding(data["x_val"]) == 150  # of 500: the paper's 1000 reviews are short
     rows, target = data["x_train"][:6], data["y_train"][:6].double()
     torch.manual_seed(0)
     plain = SentimentLSTM(1001, embedding_dim=8, hidden_dim=16).double()
     for p in plain.parameters():
         p.data.mul_(6.0)  # the task's init scale: saturating gates, where a difference would show
-    prefixed = SentimentLSTM(1001, embedding_dim=8, hidden_dim=16, pad_prefix=k).double()
+    prefixed = SentimentLSTM(1001, embedding_dim=8, hidden_dim=16).double()
     prefixed.load_state_dict(plain.state_dict())
     outputs = []
-    for model in (plain, prefixed):
-        prob = model(rows)
+    for model, prefix in ((plain, 0), (prefixed, k)):
+        prob = model(rows, prefix)
         torch.nn.functional.binary_cross_entropy(prob, target).backward()
         outputs.append((prob, {name: p.grad for name, p in model.named_parameters()}))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-12, atol=1e-12)

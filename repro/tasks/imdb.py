@@ -5,7 +5,8 @@ Data: the first `num_reviews` (1000) reviews, stratified 75/25 split (750 train 
 see repro/data/imdb.py. Model: embedding 64 -> LSTM(64 -> 256, 2 layers, batch_first) from a zero
 hidden state -> the last time step's output -> Linear(256, 1) -> sigmoid, BCE loss; every initial
 parameter x6 (`init_scale`). AdamW lr 3e-4 (default betas 0.9, 0.999), weight decay 1.0, batch 50,
-gradient-norm clipping at 5.0 before the filter, 10k updates.
+gradient-norm clipping at 5.0 before the filter, 10k updates. The leading padding that every row of a
+split shares runs once, for one row (SentimentLSTM._last_output; the same function, less arithmetic).
 
 Two kinds of validation, both logged:
 - `val_batch_acc` / `val_batch_loss` (every step): the reference's protocol, one random batch of 50
@@ -98,11 +99,10 @@ def lstm_parameters(vocab_size: int, embedding_dim: int, hidden_dim: int, num_la
     return vocab_size * embedding_dim + first + others + hidden_dim + 1
 
 
-def shared_padding(*token_sets: torch.Tensor) -> int:
-    """How many leading tokens are padding (id 0) in every row of every set (the loader pads on the left)."""
-    def leading_pads(tokens: torch.Tensor) -> torch.Tensor:
-        return (tokens != 0).int().cumsum(dim=1).eq(0).sum(dim=1)
-    return min(int(leading_pads(tokens).min()) for tokens in token_sets)
+def shared_padding(tokens: torch.Tensor) -> int:
+    """How many leading tokens are padding (id 0) in every row (the loader pads on the left)."""
+    leading_pads = (tokens != 0).int().cumsum(dim=1).eq(0).sum(dim=1)
+    return int(leading_pads.min())
 
 
 class SentimentLSTM(nn.Module):
@@ -112,17 +112,16 @@ class SentimentLSTM(nn.Module):
     last step only gives the same numbers. Parameter names match the reference's (embedding, lstm, fc).
     """
 
-    def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_dim: int = 256, num_layers: int = 2,
-                 pad_prefix: int = 0):
+    def __init__(self, vocab_size: int, embedding_dim: int = 64, hidden_dim: int = 256, num_layers: int = 2):
         super().__init__()
         self.hidden_dim, self.num_layers = hidden_dim, num_layers
-        self.pad_prefix = pad_prefix  # leading tokens that are padding in every row this model will see
         self.embedding = nn.Embedding(vocab_size, embedding_dim)
         self.lstm = nn.LSTM(embedding_dim, hidden_dim, num_layers=num_layers, batch_first=True)
         self.fc = nn.Linear(hidden_dim, 1)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch,) probabilities of 'positive'."""
+    def forward(self, tokens: torch.Tensor, pad_prefix: int = 0) -> torch.Tensor:
+        """(batch, seq) token ids -> (batch,) probabilities of 'positive'. `pad_prefix`: how many leading
+        tokens are padding in every row (see _last_output)."""
         batch = tokens.shape[0]
         # the reference's init_hidden: zero (h0, c0) for every batch
         embedded = self.embedding(tokens)
@@ -130,16 +129,17 @@ class SentimentLSTM(nn.Module):
         if tokens.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN has no fp16/bf16 LSTM: under --amp on the CPU the LSTM itself stays fp32
             with torch.autocast("cpu", enabled=False):
-                return self._head(self._last_output(embedded.float(), zeros))
-        return self._head(self._last_output(embedded, zeros))
+                return self._head(self._last_output(embedded.float(), zeros, pad_prefix))
+        return self._head(self._last_output(embedded, zeros, pad_prefix))
 
-    def _last_output(self, embedded: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
+    def _last_output(self, embedded: torch.Tensor, zeros: torch.Tensor, pad_prefix: int) -> torch.Tensor:
         """The top layer's output at the last time step, from zero states. Reviews are left-padded, and
         from the same zero state the same padding tokens lead every row through the same states: the
         first `pad_prefix` steps run once, for one row, and every row continues from where it ended (the
-        same function; its gradient sums over the rows through expand). Over the paper's data this is
-        150 of the 500 steps (the shortest padding of any review)."""
-        state, k = (zeros, zeros), min(self.pad_prefix, embedded.shape[1] - 1)
+        same function; its gradient sums over the rows through expand). On the paper's data that is 152
+        of the 500 steps for training batches (the shortest padding of any training review), 150 for
+        validation."""
+        state, k = (zeros, zeros), min(pad_prefix, embedded.shape[1] - 1)
         if k > 0:
             _, (h, c) = self.lstm(embedded[:1, :k], (zeros[:, :1], zeros[:, :1]))
             batch = embedded.shape[0]
@@ -208,8 +208,10 @@ class ImdbTask(Task):
                             f"(the per-step validation batch has batch_size rows)")
 
         torch.manual_seed(cfg.seed)  # model init
-        self.model = SentimentLSTM(self.vocab_size, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers,
-                                   pad_prefix=shared_padding(self.x_train, self.x_val)).to(device)
+        self.model = SentimentLSTM(self.vocab_size, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers).to(device)
+        # each split's shared leading padding (SentimentLSTM._last_output): a split's own, so that training
+        # does not depend on the validation data
+        self.train_prefix, self.val_prefix = shared_padding(self.x_train), shared_padding(self.x_val)
         scale_parameters_(self.model, cfg.init_scale)
         # DataLoader(shuffle=True, batch_size=50), drop_last=False: 750 / 50 = 15 full batches an epoch
         self.batches = EpochBatches(n_train, cfg.batch_size, cfg.seed, device)
@@ -223,7 +225,7 @@ class ImdbTask(Task):
         return self.train_rows[self.batches(step)]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return bce(self.model(batch[:, :-1]), batch[:, -1].float())
+        return bce(self.model(batch[:, :-1], self.train_prefix), batch[:, -1].float())
 
     # ---- evaluation ---------------------------------------------------------------------------
     def is_eval_step(self, step: int) -> bool:
@@ -246,11 +248,14 @@ class ImdbTask(Task):
         torch.round(prob) == y."""
         return bce(prob, target, reduction="sum"), ((prob > 0.5).float() == target).sum()
 
-    def _metrics(self, tokens: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean BCE, accuracy) over `tokens`, in chunks of `eval_chunk` rows (bounds the memory of the
-        LSTM's per-time-step outputs: 1000 rows x 500 steps x 256 floats = 0.5 GB)."""
+    def _metrics(self, tokens: torch.Tensor, target: torch.Tensor,
+                 pad_prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean BCE, accuracy) over `tokens` (rows of a split with `pad_prefix` shared leading pads), in chunks
+        of `eval_chunk` rows (bounds the memory of the LSTM's per-time-step outputs: 1000 rows x 500 steps x
+        256 floats = 0.5 GB)."""
         chunk, n = self.cfg.eval_chunk, len(target)
-        sums = [self._sums(self.model(tokens[i:i + chunk]), target[i:i + chunk]) for i in range(0, n, chunk)]
+        sums = [self._sums(self.model(tokens[i:i + chunk], pad_prefix), target[i:i + chunk])
+                for i in range(0, n, chunk)]
         loss, correct = (torch.stack(parts).sum() for parts in zip(*sums))
         return loss / n, correct / n
 
@@ -269,11 +274,11 @@ class ImdbTask(Task):
         if not (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             self.stage_eval(step)  # a graph being captured reads what the engine staged
         idx = self._val_batch
-        val_batch_loss, val_batch_acc = self._metrics(self.x_val[idx], self.y_val[idx])
+        val_batch_loss, val_batch_acc = self._metrics(self.x_val[idx], self.y_val[idx], self.val_prefix)
         out = {"val_batch_loss": val_batch_loss, "val_batch_acc": val_batch_acc}
         if self.is_grid_step(step):
-            train_loss, train_acc = self._metrics(self.x_train, self.y_train)
-            val_loss, val_acc = self._metrics(self.x_val, self.y_val)
+            train_loss, train_acc = self._metrics(self.x_train, self.y_train, self.train_prefix)
+            val_loss, val_acc = self._metrics(self.x_val, self.y_val, self.val_prefix)
             out.update(train_loss=train_loss, train_acc=train_acc, val_loss=val_loss, val_acc=val_acc)
         self.model.train(was_training)
         return out
