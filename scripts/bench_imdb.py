@@ -3,9 +3,11 @@
 An IMDb step as main_imdb.py runs it: one update (repro.step.StepRunner, CUDA graphs on CUDA) and the
 evaluations after it (the per-step validation batch of 50, and the whole splits every `eval_every` updates).
 Modes:
-  prefix   the task as it trains: the leading padding every review shares runs once, for one row
-           (SentimentLSTM's pad_prefix; on the paper's data 152 of 500 steps in training, 150 in evaluation);
-  plain    the same task with no prefix (pad_prefix 0): every row runs all 500 steps;
+  prefix   the task as it trains: the leading padding that every row of a forward shares runs once, for
+           one row (SentimentLSTM's pad_prefix: a training batch's own, 150-350 of 500 steps on the paper's
+           data, one CUDA graph per multiple of 25; the validation split's for evaluation, 150);
+  static   every training batch with the training split's shared padding (152), one graph;
+  plain    no prefix: every row runs all 500 steps;
   plain_fp32  as plain, with torch.backends.cudnn.allow_tf32 = False (cuDNN's LSTM may otherwise use TF32
            tensor cores: the engine leaves cuDNN at torch's default, TF32 allowed).
 Each layout starts N worker processes at once (under CUDA MPS if a daemon runs: start it first, as
@@ -31,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from repro.metrics import run_header  # noqa: E402
 
-MODES = ("prefix", "plain", "plain_fp32")
+MODES = ("prefix", "static", "plain", "plain_fp32")
 
 
 def worker(args) -> dict:
@@ -46,6 +48,8 @@ def worker(args) -> dict:
     task = ImdbTask(cfg, device)
     prefixes = {"train": task.train_prefix, "val": task.val_prefix}
     if args.mode != "prefix":
+        task.prefix_step = None  # every batch at train_prefix
+    if args.mode.startswith("plain"):
         task.train_prefix = task.val_prefix = 0
     runner = StepRunner(cfg, task, device, None)
 
@@ -62,7 +66,7 @@ def worker(args) -> dict:
 
     steps(0, args.warmup)
     wall = steps(args.warmup, args.steps)
-    return {"ms_per_step": 1000 * wall / args.steps, "pad_prefix": task.train_prefix, "data_prefixes": prefixes}
+    return {"ms_per_step": 1000 * wall / args.steps, "data_prefixes": prefixes}
 
 
 def layout(mode: str, processes: int, args) -> dict:
@@ -78,7 +82,8 @@ def layout(mode: str, processes: int, args) -> dict:
         return {**row, "error": f"worker exit codes {[p.returncode for p in procs]}"}
     workers = [json.loads(out.strip().splitlines()[-1]) for out in outs]
     ms = [w["ms_per_step"] for w in workers]
-    return {**row, "pad_prefix": workers[0]["pad_prefix"], "ms_per_step": ms, "mean_ms_per_step": sum(ms) / len(ms)}
+    return {**row, "data_prefixes": workers[0]["data_prefixes"], "ms_per_step": ms,
+            "mean_ms_per_step": sum(ms) / len(ms)}
 
 
 def parse_args(argv):

@@ -10,7 +10,7 @@ import torch
 
 from repro.config import load_config
 from repro.data.imdb import load_imdb
-from repro.tasks.imdb import ImdbConfig, ImdbTask, SentimentLSTM, shared_padding
+from repro.tasks.imdb import PREFIX_STEP, ImdbConfig, ImdbTask, SentimentLSTM, leading_padding
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = 20  # sequence length for tests that run the LSTM on the CPU (500 costs seconds per step)
@@ -39,18 +39,17 @@ def test_last_step_head_equals_the_reference_all_steps_head():
     torch.testing.assert_close(model(tokens), reference)
 
 
-def test_shared_padding_counts_the_leading_zeros_of_every_row():
-    tokens = torch.tensor([[0, 0, 0, 5, 0, 7], [0, 0, 3, 4, 5, 6]])
-    assert shared_padding(tokens) == 2 and shared_padding(torch.tensor([[0, 9]])) == 1
-    assert shared_padding(torch.tensor([[4, 0, 0]])) == 0
+def test_leading_padding_counts_each_rows_first_zeros():
+    tokens = torch.tensor([[0, 0, 0, 5, 0, 7], [0, 0, 3, 4, 5, 6], [4, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    assert leading_padding(tokens).tolist() == [3, 2, 0, 6]
 
 
 def test_the_shared_padding_prefix_is_the_same_function(data_dir):
     """Running the padding every row starts with once (the model's pad_prefix) gives the plain LSTM's outputs and
     gradients; in float64, so that rounding cannot hide a difference. Real reviews at the paper's length."""
     data = load_imdb(data_dir, num_reviews=1000, vocab_size=1000, seq_len=500, seed=0)
-    k = shared_padding(data["x_train"])
-    assert k == 152 and shared_padding(data["x_val"]) == 150  # of 500: the paper's 1000 reviews are short
+    k = int(leading_padding(data["x_train"]).min())
+    assert k == 152 and int(leading_padding(data["x_val"]).min()) == 150  # of 500: the paper's reviews are short
     rows, target = data["x_train"][:6], data["y_train"][:6].double()
     torch.manual_seed(0)
     plain = SentimentLSTM(1001, embedding_dim=8, hidden_dim=16).double()
@@ -60,12 +59,30 @@ def test_the_shared_padding_prefix_is_the_same_function(data_dir):
     prefixed.load_state_dict(plain.state_dict())
     outputs = []
     for model, prefix in ((plain, 0), (prefixed, k)):
-        prob = model(rows, prefix)
+        prob = model(rows[:, prefix:], prefix)
         torch.nn.functional.binary_cross_entropy(prob, target).backward()
         outputs.append((prob, {name: p.grad for name, p in model.named_parameters()}))
     torch.testing.assert_close(outputs[1][0], outputs[0][0], rtol=1e-12, atol=1e-12)
     for name, grad in outputs[0][1].items():
         torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_a_training_batch_starts_after_the_padding_all_its_rows_share(data_dir):
+    """At the paper's length: each batch is cut after its rows' shared leading padding, rounded down to a
+    multiple of PREFIX_STEP, and the loss is the plain model's on the whole rows."""
+    task = ImdbTask(ImdbConfig(data_dir=str(data_dir), hidden_dim=8, embedding_dim=4, max_steps=30),
+                    torch.device("cpu"))
+    prefixes = []
+    for step in range(30):  # two epochs
+        batch, rows = task.train_batch(step), task.x_train[task.batches(step)]
+        k = task.batch_prefix(step)
+        shared = int(leading_padding(rows).min())
+        assert k % PREFIX_STEP == 0 and shared - PREFIX_STEP < k <= shared
+        assert torch.equal(batch[:, :-1], rows[:, k:])
+        prefixes.append(k)
+    assert min(prefixes) >= 150 and len(set(prefixes)) > 1
+    plain = torch.nn.functional.binary_cross_entropy(task.model(rows), batch[:, -1].float())
+    torch.testing.assert_close(task.loss(batch), plain, rtol=1e-5, atol=1e-6)
 
 
 def test_task_data_model_and_init_scale(task):
@@ -83,9 +100,9 @@ def test_train_batches_are_reshuffled_epochs_of_50(task):
     assert sorted(torch.cat(epoch0).tolist()) == list(range(750))
     assert not torch.equal(torch.cat(epoch0), torch.cat([task.batches(s) for s in range(15, 30)]))
     batch = task.train_batch(3)  # one tensor (the engine's CUDA graphs copy it): tokens, then the label
-    assert batch.shape == (50, SHORT + 1) and batch.dtype == torch.int64
-    idx = task.batches(3)
-    assert torch.equal(batch[:, :-1], task.x_train[idx]) and torch.equal(batch[:, -1].float(), task.y_train[idx])
+    idx, k = task.batches(3), task.batch_prefix(3)
+    assert batch.shape == (50, SHORT - k + 1) and batch.dtype == torch.int64
+    assert torch.equal(batch[:, :-1], task.x_train[idx, k:]) and torch.equal(batch[:, -1].float(), task.y_train[idx])
     expected = torch.nn.functional.binary_cross_entropy(task.model(task.x_train[idx]), task.y_train[idx])
     torch.testing.assert_close(task.loss(batch), expected)
 

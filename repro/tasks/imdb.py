@@ -6,7 +6,7 @@ see repro/data/imdb.py. Model: embedding 64 -> LSTM(64 -> 256, 2 layers, batch_f
 hidden state -> the last time step's output -> Linear(256, 1) -> sigmoid, BCE loss; every initial
 parameter x6 (`init_scale`). AdamW lr 3e-4 (default betas 0.9, 0.999), weight decay 1.0, batch 50,
 gradient-norm clipping at 5.0 before the filter, 10k updates. The leading padding that every row of a
-split shares runs once, for one row (SentimentLSTM._last_output; the same function, less arithmetic).
+batch shares runs once, for one row (SentimentLSTM._last_output; the same function, less arithmetic).
 
 Two kinds of validation, both logged:
 - `val_batch_acc` / `val_batch_loss` (every step): the reference's protocol, one random batch of 50
@@ -30,6 +30,7 @@ from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
+PREFIX_STEP = 25  # a training batch's shared padding, rounded down to a multiple of this (SentimentLSTM)
 VAL_SEED_OFFSET = 1 << 48  # keeps the validation-batch generator's seeds apart from EpochBatches'
 IMDB_REVIEWS = 50_000  # the labelled reviews of the IMDb dataset
 
@@ -99,10 +100,9 @@ def lstm_parameters(vocab_size: int, embedding_dim: int, hidden_dim: int, num_la
     return vocab_size * embedding_dim + first + others + hidden_dim + 1
 
 
-def shared_padding(tokens: torch.Tensor) -> int:
-    """How many leading tokens are padding (id 0) in every row (the loader pads on the left)."""
-    leading_pads = (tokens != 0).int().cumsum(dim=1).eq(0).sum(dim=1)
-    return int(leading_pads.min())
+def leading_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Per row, how many of its first tokens are padding (id 0; the loader pads on the left)."""
+    return (tokens != 0).int().cumsum(dim=1).eq(0).sum(dim=1)
 
 
 class SentimentLSTM(nn.Module):
@@ -120,36 +120,32 @@ class SentimentLSTM(nn.Module):
         self.fc = nn.Linear(hidden_dim, 1)
 
     def forward(self, tokens: torch.Tensor, pad_prefix: int = 0) -> torch.Tensor:
-        """(batch, seq) token ids -> (batch,) probabilities of 'positive'. `pad_prefix`: how many leading
-        tokens are padding in every row (see _last_output)."""
-        batch = tokens.shape[0]
-        # the reference's init_hidden: zero (h0, c0) for every batch
-        embedded = self.embedding(tokens)
-        zeros = embedded.new_zeros(self.num_layers, batch, self.hidden_dim)
+        """(batch, seq) token ids -> (batch,) probabilities of 'positive'. Each row is `pad_prefix` padding
+        tokens (id 0) followed by its `tokens` row (see _last_output)."""
         if tokens.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # oneDNN has no fp16/bf16 LSTM: under --amp on the CPU the LSTM itself stays fp32
             with torch.autocast("cpu", enabled=False):
-                return self._head(self._last_output(embedded.float(), zeros, pad_prefix))
-        return self._head(self._last_output(embedded, zeros, pad_prefix))
-
-    def _last_output(self, embedded: torch.Tensor, zeros: torch.Tensor, pad_prefix: int) -> torch.Tensor:
-        """The top layer's output at the last time step, from zero states. Reviews are left-padded, and
-        from the same zero state the same padding tokens lead every row through the same states: the
-        first `pad_prefix` steps run once, for one row, and every row continues from where it ended (the
-        same function; its gradient sums over the rows through expand). On the paper's data that is 152
-        of the 500 steps for training batches (the shortest padding of any training review), 150 for
-        validation."""
-        state, k = (zeros, zeros), min(pad_prefix, embedded.shape[1] - 1)
-        if k > 0:
-            _, (h, c) = self.lstm(embedded[:1, :k], (zeros[:, :1], zeros[:, :1]))
-            batch = embedded.shape[0]
-            state = (h.expand(-1, batch, -1).contiguous(), c.expand(-1, batch, -1).contiguous())
-            embedded = embedded[:, k:]
-        out, _ = self.lstm(embedded, state)
-        return out[:, -1]
-
-    def _head(self, last: torch.Tensor) -> torch.Tensor:
+                last = self._last_output(tokens, pad_prefix)
+        else:
+            last = self._last_output(tokens, pad_prefix)
         return torch.sigmoid(self.fc(last)).squeeze(-1)
+
+    def _last_output(self, tokens: torch.Tensor, pad_prefix: int) -> torch.Tensor:
+        """The top layer's output at the last time step, from the reference's zero (h0, c0). Reviews are
+        left-padded, and from one zero state the same padding tokens lead every row through the same
+        states: the `pad_prefix` padding steps that all rows start with run once, for one row, and every
+        row continues from where it ended (the same function; the gradient sums over the rows through
+        expand). On the paper's data a training batch shares 150-350 of its 500 steps."""
+        batch = tokens.shape[0]
+        zeros = torch.zeros(self.num_layers, batch, self.hidden_dim, device=tokens.device,
+                            dtype=self.embedding.weight.dtype)
+        state = (zeros, zeros)
+        if pad_prefix > 0:
+            padding = self.embedding(tokens.new_zeros(1, pad_prefix))
+            _, (h, c) = self.lstm(padding, (zeros[:, :1], zeros[:, :1]))
+            state = (h.expand(-1, batch, -1).contiguous(), c.expand(-1, batch, -1).contiguous())
+        out, _ = self.lstm(self.embedding(tokens), state)
+        return out[:, -1]
 
 
 def bce(prob: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -209,9 +205,15 @@ class ImdbTask(Task):
 
         torch.manual_seed(cfg.seed)  # model init
         self.model = SentimentLSTM(self.vocab_size, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers).to(device)
-        # each split's shared leading padding (SentimentLSTM._last_output): a split's own, so that training
-        # does not depend on the validation data
-        self.train_prefix, self.val_prefix = shared_padding(self.x_train), shared_padding(self.x_val)
+        # the leading padding shared by the rows of a forward (SentimentLSTM._last_output), at most all but
+        # the last token: a training batch's own (per epoch, one host sync), a whole split's, and the
+        # validation split's for its per-step batch (drawn on the GPU, a graph replays it)
+        self.last_token = self.x_train.shape[1] - 1
+        self.train_leading = leading_padding(self.x_train).clamp(max=self.last_token)
+        self.train_prefix = int(self.train_leading.min())
+        self.val_prefix = int(leading_padding(self.x_val).clamp(max=self.last_token).min())
+        self.prefix_step: int | None = PREFIX_STEP  # None: every training batch starts at train_prefix
+        self._batch_prefixes: tuple[int, list[int]] = (-1, [])  # (epoch, its batches' prefixes)
         scale_parameters_(self.model, cfg.init_scale)
         # DataLoader(shuffle=True, batch_size=50), drop_last=False: 750 / 50 = 15 full batches an epoch
         self.batches = EpochBatches(n_train, cfg.batch_size, cfg.seed, device)
@@ -221,11 +223,26 @@ class ImdbTask(Task):
 
     # ---- training -----------------------------------------------------------------------------
     def train_batch(self, step: int) -> torch.Tensor:
-        """(batch_size, seq_len + 1) long: the tokens, then the label."""
-        return self.train_rows[self.batches(step)]
+        """(batch_size, seq_len - k + 1) long: the tokens after the k leading padding tokens that every row
+        of the batch has (batch_prefix), then the label."""
+        return self.train_rows[self.batches(step)][:, self.batch_prefix(step):]
+
+    def batch_prefix(self, step: int) -> int:
+        """The padding every row of step's batch starts with, rounded down to a multiple of prefix_step:
+        the batch's width then takes a few values, and the engine captures a CUDA graph for each."""
+        if self.prefix_step is None:
+            return self.train_prefix
+        epoch, index = divmod(step, self.batches.batches_per_epoch)
+        if self._batch_prefixes[0] != epoch:
+            first = epoch * self.batches.batches_per_epoch
+            least = torch.stack([self.train_leading[self.batches(first + i)].min()
+                                 for i in range(self.batches.batches_per_epoch)])
+            self._batch_prefixes = (epoch, (least // self.prefix_step * self.prefix_step).tolist())
+        return self._batch_prefixes[1][index]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return bce(self.model(batch[:, :-1], self.train_prefix), batch[:, -1].float())
+        tokens = batch[:, :-1]
+        return bce(self.model(tokens, self.last_token + 1 - tokens.shape[1]), batch[:, -1].float())
 
     # ---- evaluation ---------------------------------------------------------------------------
     def is_eval_step(self, step: int) -> bool:
@@ -254,7 +271,7 @@ class ImdbTask(Task):
         of `eval_chunk` rows (bounds the memory of the LSTM's per-time-step outputs: 1000 rows x 500 steps x
         256 floats = 0.5 GB)."""
         chunk, n = self.cfg.eval_chunk, len(target)
-        sums = [self._sums(self.model(tokens[i:i + chunk], pad_prefix), target[i:i + chunk])
+        sums = [self._sums(self.model(tokens[i:i + chunk, pad_prefix:], pad_prefix), target[i:i + chunk])
                 for i in range(0, n, chunk)]
         loss, correct = (torch.stack(parts).sum() for parts in zip(*sums))
         return loss / n, correct / n
