@@ -3,7 +3,7 @@
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh [--tables "imdb qm9"] [--seeds "0 1 2"] [--jobs 16] [--deadline 560] [--results runs]
-#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--populations [--solo REGEX]]
+#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--compile REGEX] [--populations [--solo REGEX]]
 # --tables: of modular_ema modular_ma mnist imdb qm9 (default all five); --seeds, --results: as for
 #   scripts/reproduce_<table>.sh (default results folder runs/, git-ignored; --results results writes
 #   the committed one); --jobs: runs at once (default 16); --deadline: seconds until running runs are
@@ -16,6 +16,8 @@
 # --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
 #   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
 #   per step at 25%. "" turns it off.
+# --compile: runs whose command matches get --compile true (torch.compile of the task's loss inside the CUDA
+#   graphs: fewer, fused kernels per step; each run compiles at its start). Default: none.
 # --populations: the mod-97 and MNIST runs that can share a population train as one
 #   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
 #   Measured on an H200 it made the 42-run set slower (results/sittings/20261202T185339Z_populations): a
@@ -33,7 +35,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; POPULATIONS=0; SOLO=""
+FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; COMPILE=""; POPULATIONS=0; SOLO=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -44,6 +46,7 @@ while [ $# -gt 0 ]; do
     --results|--results_dir) needs_value "$1" $#; RESULTS="$2"; shift 2 ;;
     --first) needs_value "$1" $#; FIRST="$2"; shift 2 ;;
     --sm_limit) needs_value "$1" $#; SM_LIMIT="$2"; shift 2 ;;
+    --compile) needs_value "$1" $#; COMPILE="$2"; shift 2 ;;
     --populations) POPULATIONS=1; shift ;;
     --solo) needs_value "$1" $#; SOLO="$2"; shift 2 ;;
     *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
@@ -75,6 +78,7 @@ if command -v nvidia-cuda-mps-control >/dev/null; then
   elif nvidia-cuda-mps-control -d 2>/dev/null; then mps=1; started_mps=1; fi
 fi
 launch=$(printf '%s\n' "$commands" | while IFS= read -r cmd; do  # MPS settings: environment variables of a run
+  if [ -n "$COMPILE" ] && [[ $cmd =~ $COMPILE ]]; then cmd+=" --compile true"; fi
   vars=""
   if [ "$mps" = 1 ]; then
     if [ -n "$FIRST" ] && ! [[ $cmd =~ $FIRST ]]; then vars+=" CUDA_MPS_CLIENT_PRIORITY=1"; fi

@@ -53,3 +53,15 @@ def test_failed_runs_still_leave_the_sitting_record_and_exit_1(tmp_path, populat
     assert record["populations"] is populations
     if populations:
         assert "population_mul97" in record["runs"][0] and "population_mnist" in record["runs"][1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the runs would train on this GPU")
+def test_compile_adds_the_flag_to_the_matching_runs_only(tmp_path):
+    results = tmp_path / "results"
+    result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", "mnist modular_ema", "--seeds", "0",
+                             "--results", str(results), "--compile", r"wd_ema\.yaml"], cwd=REPO,
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
+    assert result.returncode == 1, result.stdout + result.stderr  # no GPU: every run stops at start
+    [record] = [json.loads(p.read_text()) for p in (results / "sittings").glob("*.json")]
+    compiled = [run for run in record["runs"] if run.endswith(" --compile true")]
+    assert len(record["runs"]) == 6 and len(compiled) == 1 and "wd_ema.yaml" in compiled[0]
