@@ -67,9 +67,10 @@ def test_the_shared_padding_prefix_is_the_same_function(data_dir):
         torch.testing.assert_close(outputs[1][1][name], grad, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_a_training_batch_starts_after_the_padding_all_its_rows_share(data_dir):
-    """At the paper's length: each batch is cut after its rows' shared leading padding, rounded down to a
-    multiple of PREFIX_STEP, and the loss is the plain model's on the whole rows."""
+def test_a_batch_starts_after_the_padding_all_its_rows_share(data_dir):
+    """At the paper's length: each training and validation batch is cut after its rows' shared leading
+    padding, rounded down to a multiple of PREFIX_STEP; loss and evaluation are the plain model's on the
+    whole rows."""
     task = ImdbTask(ImdbConfig(data_dir=str(data_dir), hidden_dim=8, embedding_dim=4, max_steps=30),
                     torch.device("cpu"))
     prefixes = []
@@ -83,6 +84,17 @@ def test_a_training_batch_starts_after_the_padding_all_its_rows_share(data_dir):
     assert min(prefixes) >= 150 and len(set(prefixes)) > 1
     plain = torch.nn.functional.binary_cross_entropy(task.model(rows), batch[:, -1].float())
     torch.testing.assert_close(task.loss(batch), plain, rtol=1e-5, atol=1e-6)
+    val_prefixes = []
+    for step in range(2, 30):
+        rows = task.x_val[task.val_batch_indices(step)]
+        k, shared = task.val_batch_prefix(step), int(leading_padding(rows).min())
+        assert k % PREFIX_STEP == 0 and shared - PREFIX_STEP < k <= shared
+        assert task.eval_graph_key(step) == ("val_batch", k)
+        val_prefixes.append(k)
+    assert len(set(val_prefixes)) > 1
+    with torch.no_grad():
+        plain = torch.nn.functional.binary_cross_entropy(task.model(rows), task.y_val[task.val_batch_indices(29)])
+    torch.testing.assert_close(task.evaluate(29)["val_batch_loss"], plain, rtol=1e-5, atol=1e-6)
 
 
 def test_task_data_model_and_init_scale(task):
@@ -129,10 +141,10 @@ def test_full_split_metrics_only_on_the_grid(task):
 
 
 def test_per_step_evaluation_is_one_graph_over_staged_indices(task):
-    """The engine replays the per-step batch as one CUDA graph reading indices staged by stage_eval;
-    the grid's full evaluation stays eager. The staged batch is the reference's per-step batch."""
+    """The engine replays the per-step batch as a CUDA graph (one per width) reading indices staged by
+    stage_eval; the grid's full evaluation stays eager. The staged batch is the reference's per-step batch."""
     assert task.eval_graph_key(1) is None and task.eval_graph_key(30) is None  # grid steps
-    assert task.eval_graph_key(2) == task.eval_graph_key(29) == "val_batch"
+    assert task.eval_graph_key(2) == ("val_batch", task.val_batch_prefix(2))
     task.stage_eval(17)
     assert torch.equal(task._val_batch, task.val_batch_indices(17))
     idx = task.val_batch_indices(5)

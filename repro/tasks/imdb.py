@@ -105,6 +105,14 @@ def leading_padding(tokens: torch.Tensor) -> torch.Tensor:
     return (tokens != 0).int().cumsum(dim=1).eq(0).sum(dim=1)
 
 
+def shared_prefixes(leading: torch.Tensor, batches: list[torch.Tensor], multiple: int) -> list[int]:
+    """Each index batch's shared leading padding (the least of its rows' `leading`), rounded down to a
+    multiple of `multiple`: a batch's width then takes a few values, and the engine captures a CUDA graph
+    for each. One host sync for all the batches."""
+    least = torch.stack([leading[idx].min() for idx in batches])
+    return (least // multiple * multiple).tolist()
+
+
 class SentimentLSTM(nn.Module):
     """The reference's SentimentRNN (drop_prob=0.0, so its identity dropout is left out).
 
@@ -206,14 +214,15 @@ class ImdbTask(Task):
         torch.manual_seed(cfg.seed)  # model init
         self.model = SentimentLSTM(self.vocab_size, cfg.embedding_dim, cfg.hidden_dim, cfg.num_layers).to(device)
         # the leading padding shared by the rows of a forward (SentimentLSTM._last_output), at most all but
-        # the last token: a training batch's own (per epoch, one host sync), a whole split's, and the
-        # validation split's for its per-step batch (drawn on the GPU, a graph replays it)
+        # the last token: a batch's own (found a block of steps ahead, one host sync per block) or a whole
+        # split's
         self.last_token = self.x_train.shape[1] - 1
         self.train_leading = leading_padding(self.x_train).clamp(max=self.last_token)
-        self.train_prefix = int(self.train_leading.min())
-        self.val_prefix = int(leading_padding(self.x_val).clamp(max=self.last_token).min())
-        self.prefix_step: int | None = PREFIX_STEP  # None: every training batch starts at train_prefix
-        self._batch_prefixes: tuple[int, list[int]] = (-1, [])  # (epoch, its batches' prefixes)
+        self.val_leading = leading_padding(self.x_val).clamp(max=self.last_token)
+        self.train_prefix, self.val_prefix = int(self.train_leading.min()), int(self.val_leading.min())
+        self.prefix_step: int | None = PREFIX_STEP  # None: every batch starts at its split's prefix
+        self._train_prefixes: dict[int, int] = {}  # step -> its batch's prefix, for the current block
+        self._val_prefixes: dict[int, int] = {}
         scale_parameters_(self.model, cfg.init_scale)
         # DataLoader(shuffle=True, batch_size=50), drop_last=False: 750 / 50 = 15 full batches an epoch
         self.batches = EpochBatches(n_train, cfg.batch_size, cfg.seed, device)
@@ -228,17 +237,16 @@ class ImdbTask(Task):
         return self.train_rows[self.batches(step)][:, self.batch_prefix(step):]
 
     def batch_prefix(self, step: int) -> int:
-        """The padding every row of step's batch starts with, rounded down to a multiple of prefix_step:
-        the batch's width then takes a few values, and the engine captures a CUDA graph for each."""
+        """The padding that every row of update `step`'s batch starts with (shared_prefixes), found for the
+        whole epoch at its first step."""
         if self.prefix_step is None:
             return self.train_prefix
-        epoch, index = divmod(step, self.batches.batches_per_epoch)
-        if self._batch_prefixes[0] != epoch:
-            first = epoch * self.batches.batches_per_epoch
-            least = torch.stack([self.train_leading[self.batches(first + i)].min()
-                                 for i in range(self.batches.batches_per_epoch)])
-            self._batch_prefixes = (epoch, (least // self.prefix_step * self.prefix_step).tolist())
-        return self._batch_prefixes[1][index]
+        if step not in self._train_prefixes:
+            n = self.batches.batches_per_epoch
+            steps = range(step - step % n, step - step % n + n)
+            prefixes = shared_prefixes(self.train_leading, [self.batches(s) for s in steps], self.prefix_step)
+            self._train_prefixes = dict(zip(steps, prefixes))
+        return self._train_prefixes[step]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         tokens = batch[:, :-1]
@@ -259,6 +267,19 @@ class ImdbTask(Task):
         perm = torch.randperm(len(self.y_val), generator=self._val_generator, device=self.device)
         return perm[:self.cfg.batch_size]
 
+    def val_batch_prefix(self, step: int) -> int:
+        """The padding that every row of step's validation batch starts with (shared_prefixes), found for
+        a block of steps at its first. The engine asks eval_graph_key, which asks this, before it captures
+        an evaluation graph: no host sync happens inside a capture."""
+        if self.prefix_step is None:
+            return self.val_prefix
+        if step not in self._val_prefixes:
+            n = self.batches.batches_per_epoch
+            steps = range(step, step + n)
+            indices = [self.val_batch_indices(s) for s in steps]
+            self._val_prefixes = dict(zip(steps, shared_prefixes(self.val_leading, indices, self.prefix_step)))
+        return self._val_prefixes[step]
+
     @staticmethod
     def _sums(prob: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed BCE, correct answers) of one forward; (prob > 0.5) == y is the reference's
@@ -276,10 +297,10 @@ class ImdbTask(Task):
         loss, correct = (torch.stack(parts).sum() for parts in zip(*sums))
         return loss / n, correct / n
 
-    def eval_graph_key(self, step: int) -> str | None:
-        # the per-step batch is one fixed computation; the grid's 1000-row forward stays eager (a graph
-        # would keep its activations' memory for the whole run)
-        return None if self.is_grid_step(step) else "val_batch"
+    def eval_graph_key(self, step: int) -> tuple[str, int] | None:
+        # the per-step batch is a fixed computation for each width; the grid's 1000-row forward stays
+        # eager (a graph would keep its activations' memory for the whole run)
+        return None if self.is_grid_step(step) else ("val_batch", self.val_batch_prefix(step))
 
     def stage_eval(self, step: int) -> None:
         self._val_batch.copy_(self.val_batch_indices(step))
@@ -291,7 +312,8 @@ class ImdbTask(Task):
         if not (self.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
             self.stage_eval(step)  # a graph being captured reads what the engine staged
         idx = self._val_batch
-        val_batch_loss, val_batch_acc = self._metrics(self.x_val[idx], self.y_val[idx], self.val_prefix)
+        val_batch_loss, val_batch_acc = self._metrics(self.x_val[idx], self.y_val[idx],
+                                                      self.val_batch_prefix(step))
         out = {"val_batch_loss": val_batch_loss, "val_batch_acc": val_batch_acc}
         if self.is_grid_step(step):
             train_loss, train_acc = self._metrics(self.x_train, self.y_train, self.train_prefix)
