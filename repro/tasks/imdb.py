@@ -30,7 +30,7 @@ from repro.errors import UserError
 from repro.memory import FLOAT, LONG, Footprint
 from repro.tasks.base import EpochBatches, Task, scale_parameters_
 
-PREFIX_STEP = 25  # a training batch's shared padding, rounded down to a multiple of this (SentimentLSTM)
+PREFIX_STEP = 25  # a batch's shared padding is rounded down to a multiple of this (shared_prefixes)
 VAL_SEED_OFFSET = 1 << 48  # keeps the validation-batch generator's seeds apart from EpochBatches'
 IMDB_REVIEWS = 50_000  # the labelled reviews of the IMDb dataset
 
