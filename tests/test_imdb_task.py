@@ -39,6 +39,25 @@ def test_last_step_head_equals_the_reference_all_steps_head():
     torch.testing.assert_close(model(tokens), reference)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (cuDNN's LSTM)")
+def test_the_shared_padding_prefix_runs_on_cudnn(data_dir):
+    """cuDNN's LSTM refuses states the CPU accepts (non-contiguous ones): the prefixed forward and backward
+    run there and match the plain model's (cuDNN may use TF32, hence the tolerance)."""
+    data = load_imdb(data_dir, num_reviews=1000, vocab_size=1000, seq_len=500, seed=0)
+    rows, target = data["x_train"][:50].cuda(), data["y_train"][:50].cuda()
+    k = int(leading_padding(rows).min())
+    torch.manual_seed(0)
+    model = SentimentLSTM(1001).cuda()
+    results = []
+    for tokens, prefix in ((rows, 0), (rows[:, k:], k)):
+        model.zero_grad()
+        prob = model(tokens, prefix)
+        torch.nn.functional.binary_cross_entropy(prob, target).backward()
+        results.append((prob.detach(), model.lstm.weight_hh_l0.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-2, atol=1e-4)
+
+
 def test_leading_padding_counts_each_rows_first_zeros():
     tokens = torch.tensor([[0, 0, 0, 5, 0, 7], [0, 0, 3, 4, 5, 6], [4, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
     assert leading_padding(tokens).tolist() == [3, 2, 0, 6]

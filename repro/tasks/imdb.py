@@ -150,7 +150,8 @@ class SentimentLSTM(nn.Module):
         state = (zeros, zeros)
         if pad_prefix > 0:
             padding = self.embedding(tokens.new_zeros(1, pad_prefix))
-            _, (h, c) = self.lstm(padding, (zeros[:, :1], zeros[:, :1]))
+            one = zeros[:, :1].contiguous()  # cuDNN wants contiguous states
+            _, (h, c) = self.lstm(padding, (one, one))
             state = (h.expand(-1, batch, -1).contiguous(), c.expand(-1, batch, -1).contiguous())
         out, _ = self.lstm(self.embedding(tokens), state)
         return out[:, -1]
