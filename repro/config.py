@@ -47,7 +47,9 @@ class Config:
     clip_grad_norm: float = 0.0  # 0 = off; clipping happens before the filter, as in the reference
     grad_accum_steps: int = 1  # micro-batches per update: the batch is split, gradients summed, filtered once
     amp: str = "none"  # autocast for the forward: none, fp16 (with a GradScaler) or bf16
-    tf32: bool = False  # CUDA matmuls with TF32 inputs (10 mantissa bits); False: strict float32 (torch's default)
+    # CUDA matmuls with TF32 inputs (10 mantissa bits); False: strict float32. cuDNN (IMDb's LSTM) keeps
+    # torch's default either way: TF32 allowed
+    tf32: bool = False
     # Grokfast filter
     filter: str = "none"
     alpha: float = 0.98
@@ -99,7 +101,8 @@ class Config:
                             "filtered once",
         "amp": "autocast the forward: none (float32), fp16 (with a gradient scaler) or bf16",
         "tf32": "CUDA only: matmuls take TF32 inputs (faster on Ampere and later; the inputs of each "
-                "product are rounded to 10 mantissa bits); false keeps them strict float32",
+                "product are rounded to 10 mantissa bits); false keeps them strict float32 (cuDNN, "
+                "e.g. IMDb's LSTM, keeps torch's default: TF32 allowed)",
         "filter": "the Grokfast filter: none, ema (--alpha, --lamb), ma (--window_size, --lamb, --filter_type) "
                   "or ema_highpass (--alpha, --lamb: g += lamb*(g - EMA), the fast part amplified; not the paper's)",
         "alpha": "EMA decay, in [0, 1): h = alpha*h + (1-alpha)*g, then g += lamb*h",

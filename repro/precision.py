@@ -18,7 +18,7 @@ AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 def set_tf32(on: bool) -> None:
     """--tf32: the process-wide switch for CUDA matmuls (no effect on a CPU), set both ways so that a run's
     precision is its config's whatever the process did before. cuDNN keeps torch's default (TF32 allowed
-    for convolutions), as every earlier run of IMDb's LSTM had it."""
+    for convolutions and RNNs), as every earlier run of IMDb's LSTM had it: its GEMMs run on TF32 tensor cores."""
     torch.backends.cuda.matmul.allow_tf32 = on
 
 

@@ -4,8 +4,8 @@ An IMDb step as main_imdb.py runs it: one update (repro.step.StepRunner, CUDA gr
 evaluations after it (the per-step validation batch of 50, and the whole splits every `eval_every` updates).
 Modes:
   prefix   the task as it trains: the leading padding that every row of a forward shares runs once, for
-           one row (SentimentLSTM's pad_prefix: a batch's own, 150-350 of 500 steps on the paper's data,
-           one CUDA graph per multiple of 25; a whole split's for the whole-split evaluations, 150-152);
+           one row (SentimentLSTM's pad_prefix: a batch's own, 125-375 of 500 steps on the paper's data,
+           one CUDA graph per multiple of 25; a whole split's for the whole-split evaluations, 150-152 for seed 0);
   static   every batch with its split's shared padding (152 training, 150 validation), one graph;
   plain    no prefix: every row runs all 500 steps;
   plain_fp32  as plain, with torch.backends.cudnn.allow_tf32 = False (cuDNN's LSTM may otherwise use TF32

@@ -143,7 +143,7 @@ class SentimentLSTM(nn.Module):
         left-padded, and from one zero state the same padding tokens lead every row through the same
         states: the `pad_prefix` padding steps that all rows start with run once, for one row, and every
         row continues from where it ended (the same function; the gradient sums over the rows through
-        expand). On the paper's data a training batch shares 150-350 of its 500 steps."""
+        expand). On the paper's data a batch shares 125-375 of its 500 steps."""
         batch = tokens.shape[0]
         zeros = torch.zeros(self.num_layers, batch, self.hidden_dim, device=tokens.device,
                             dtype=self.embedding.weight.dtype)
@@ -174,7 +174,7 @@ class ImdbTask(Task):
     name = "imdb"
     graph_safe_loss = True  # no dropout, no host sync: embedding + cuDNN LSTM + linear + BCE
     graph_safe_eval = True  # the per-step batch replays a graph (its indices staged); the grid runs eagerly
-    batch_dim = 0  # (batch, seq_len + 1) rows
+    batch_dim = 0  # (batch, seq_len - k + 1) rows
 
     @classmethod
     def footprint(cls, cfg: ImdbConfig) -> Footprint:
