@@ -4,7 +4,8 @@ Per step: the update (repro/step.py), then, where the task says, an evaluation. 
 for the GPU (but for IMDb's batch widths, read twice per 15 steps: repro/tasks/imdb.py): results stay on
 the device until a flush (every `log_every_evals` evaluations or few seconds) copies them in one go,
 writes the metrics, moves the progress bar, checks early stopping and non-finite values, and may
-checkpoint (the run's files: repro/run_folder.py). A non-finite loss, gradient or parameter stops the run (exit 2) naming its step(s) and writes no checkpoint: the last one holds a finite state.
+checkpoint (the run's files: repro/run_folder.py). A non-finite loss, gradient or parameter stops the run
+(exit 2) naming its step(s) and writes no checkpoint: the last one holds a finite state.
 """
 import signal
 import time
