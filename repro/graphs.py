@@ -101,11 +101,16 @@ class GraphedTrainStep:
 
 class GraphedEvaluate:
     """Replays a task's evaluate() as CUDA graphs, one per eval_graph_key (a fixed computation over
-    fixed tensors; stage_eval() refreshes the step-dependent ones before each replay)."""
+    fixed tensors; stage_eval() refreshes the step-dependent ones before each replay).
+
+    The graphs share one memory pool (IMDb captures one per batch width), as repro/memory.py budgets
+    evaluation: safe because they replay one at a time on one stream and a call clones its results
+    before another graph can overwrite them."""
 
     def __init__(self, task):
         self.task = task
         self.graphs: dict = {}  # key -> (graph, names, static results)
+        self.pool = None  # created at the first capture
 
     def capture(self, step: int, key) -> None:
         """Capture the graph for `key` (staging `step`'s inputs) without replaying it; no-op if it exists."""
@@ -113,8 +118,10 @@ class GraphedEvaluate:
             return
         self.task.stage_eval(step)
         _side_stream_warmup(lambda: self.task.evaluate(step), 1)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, pool=self.pool):
             out = self.task.evaluate(step)
             names = list(out)
             static = torch.stack([out[n].float() for n in names])

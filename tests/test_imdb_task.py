@@ -172,6 +172,27 @@ def test_per_step_evaluation_is_one_graph_over_staged_indices(task):
     torch.testing.assert_close(task.evaluate(5)["val_batch_loss"], expected)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
+def test_per_step_evaluation_graphs_share_a_pool_and_give_the_eager_values(data_dir):
+    """One graph per batch width, all in one memory pool: replayed in another order than captured, each
+    still gives the eager evaluation's values (a graph's temporaries may overwrite another's, never a
+    result already returned)."""
+    from repro.graphs import GraphedEvaluate
+    cuda_task = ImdbTask(ImdbConfig(data_dir=str(data_dir), max_steps=300), torch.device("cuda"))
+    first_step = {}
+    for step in range(2, 300):
+        key = cuda_task.eval_graph_key(step)
+        if key is not None:
+            first_step.setdefault(key, step)
+    assert len(first_step) >= 3, first_step
+    graphed = GraphedEvaluate(cuda_task)
+    for key in [*first_step, *reversed(first_step)]:
+        got = graphed(first_step[key], key)
+        expected = cuda_task.evaluate(first_step[key])
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value.float(), rtol=1e-5, atol=1e-6)
+
+
 def test_table_metrics_skip_missing_and_nonfinite(task):
     records = [
         {"step": 1, "val_batch_acc": 0.5, "val_batch_loss": 0.9, "val_acc": 0.52, "val_loss": 0.8},
@@ -225,11 +246,12 @@ def test_missing_data_exits_2_naming_the_path(tmp_path):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")
-def test_a_resumed_imdb_runs_peak_gpu_memory_equals_an_uninterrupted_ones(tmp_path, data_dir, peak_gpu_mb):
-    """A run resumed off the grid captures its graphs in another order than a fresh run; the peak must
-    not depend on it."""
+def test_a_resumed_imdb_runs_peak_gpu_memory_is_no_more_than_an_uninterrupted_ones(tmp_path, data_dir, peak_gpu_mb):
+    """A run resumed off the grid captures its graphs in another order than a fresh run, and each segment
+    only those of the batch widths it meets (a graph per width): its peak must not exceed the fresh run's."""
     gpu = ["--data_dir", str(data_dir), "--device", "cuda", "--progress", "false", "--eval_every", "20"]
     fresh = peak_gpu_mb("main_imdb.py", tmp_path / "fresh", *gpu, "--max_steps", "60")
     peak_gpu_mb("main_imdb.py", tmp_path / "cut", *gpu, "--max_steps", "25")
     resumed = peak_gpu_mb("main_imdb.py", tmp_path / "cut", *gpu, "--max_steps", "60", "--resume")
-    assert resumed == pytest.approx(fresh, abs=1.0)
+    print(f"peak GPU memory: fresh {fresh:.1f} MB, resumed {resumed:.1f} MB")
+    assert resumed <= fresh + 1.0
