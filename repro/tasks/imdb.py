@@ -17,7 +17,7 @@ Two kinds of validation, both logged:
   these keys (the engine allows key sets to differ between evaluations).
 """
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -242,12 +242,18 @@ class ImdbTask(Task):
         whole epoch at its first step."""
         if self.prefix_step is None:
             return self.train_prefix
-        if step not in self._train_prefixes:
-            n = self.batches.batches_per_epoch
-            steps = range(step - step % n, step - step % n + n)
-            prefixes = shared_prefixes(self.train_leading, [self.batches(s) for s in steps], self.prefix_step)
-            self._train_prefixes = dict(zip(steps, prefixes))
-        return self._train_prefixes[step]
+        first = step - step % self.batches.batches_per_epoch
+        return self._block_prefix(step, self._train_prefixes, self.train_leading,
+                                  range(first, first + self.batches.batches_per_epoch), self.batches)
+
+    def _block_prefix(self, step: int, cache: dict[int, int], leading: torch.Tensor, block: range,
+                      indices: Callable[[int], torch.Tensor]) -> int:
+        """`step`'s entry of `cache` (step -> its batch's shared prefix), which is refilled for the steps of
+        `block` (their batches: `indices(step)`) in one host sync when `step` is not in it."""
+        if step not in cache:
+            cache.clear()
+            cache.update(zip(block, shared_prefixes(leading, [indices(s) for s in block], self.prefix_step)))
+        return cache[step]
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         tokens = batch[:, :-1]
@@ -274,12 +280,8 @@ class ImdbTask(Task):
         an evaluation graph: no host sync happens inside a capture."""
         if self.prefix_step is None:
             return self.val_prefix
-        if step not in self._val_prefixes:
-            n = self.batches.batches_per_epoch
-            steps = range(step, step + n)
-            indices = [self.val_batch_indices(s) for s in steps]
-            self._val_prefixes = dict(zip(steps, shared_prefixes(self.val_leading, indices, self.prefix_step)))
-        return self._val_prefixes[step]
+        return self._block_prefix(step, self._val_prefixes, self.val_leading,
+                                  range(step, step + self.batches.batches_per_epoch), self.val_batch_indices)
 
     @staticmethod
     def _sums(prob: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
