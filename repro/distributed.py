@@ -61,6 +61,13 @@ def resolve_device(name: str) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {name} requested but CUDA is not available (use --device cpu)")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise UserError(f"device {name} requested but this machine has {torch.cuda.device_count()} "
+                            f"CUDA device(s)")
+        # a named GPU becomes the current one: CUDA-graph capture and the epoch batches' side stream
+        # create their streams on the current GPU, which would otherwise stay GPU 0
+        torch.cuda.set_device(device)
     return device
 
 

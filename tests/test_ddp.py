@@ -13,6 +13,7 @@ import torch
 
 from repro.config import load_config
 from repro.engine import Trainer
+from repro.errors import UserError
 from repro.tasks.modular import ModularConfig, ModularTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,3 +103,25 @@ def test_equals_one_process_on_the_global_batch(ddp_runs, tmp_path):
         for key in ("val_loss", "train_loss", "train_acc"):
             assert r[key] == pytest.approx(e[key], rel=1e-5), (r["step"], key)
     assert (ddp_runs / "run0" / "checkpoint.pt").exists() and (ddp_runs / "run0" / "summary.json").exists()
+
+
+def test_a_run_on_a_named_gpu_makes_it_the_current_one(monkeypatch):
+    """`--device cuda:1` outside torchrun (a solo run through setup, a population through resolve_device):
+    graph capture and the epoch batches' side stream create their streams on the current GPU, so the named
+    one must become current (the check runs without a GPU)."""
+    from repro import distributed
+    made_current = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(distributed.torch.cuda, "set_device", made_current.append)
+    monkeypatch.setattr(distributed.torch.cuda, "device_count", lambda: 3)
+    assert distributed.setup("cuda:1") == (distributed.torch.device("cuda", 1), None)
+    assert made_current == [distributed.torch.device("cuda", 1)]
+    made_current.clear()
+    assert distributed.resolve_device("cuda:2") == distributed.torch.device("cuda", 2)
+    assert made_current == [distributed.torch.device("cuda", 2)]
+    made_current.clear()
+    distributed.setup("cuda")  # no index: the current GPU stays as it is
+    assert made_current == []
+    with pytest.raises(UserError, match="this machine has 3 CUDA device"):
+        distributed.resolve_device("cuda:3")
