@@ -110,7 +110,7 @@ class GraphedEvaluate:
     def __init__(self, task):
         self.task = task
         self.graphs: dict = {}  # key -> (graph, names, static results)
-        self.pool = None  # created at the first capture
+        self.pool = torch.cuda.graph_pool_handle()
 
     def capture(self, step: int, key) -> None:
         """Capture the graph for `key` (staging `step`'s inputs) without replaying it; no-op if it exists."""
@@ -118,8 +118,6 @@ class GraphedEvaluate:
             return
         self.task.stage_eval(step)
         _side_stream_warmup(lambda: self.task.evaluate(step), 1)
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self.task.evaluate(step)
