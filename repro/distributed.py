@@ -80,9 +80,8 @@ def setup(device_name: str) -> tuple[torch.device, Distributed | None]:
     if world_size <= 1:
         return device, None
     rank = int(os.environ.get("RANK", "0"))
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    if device.type == "cuda" and device.index is None:  # a named GPU is current already (resolve_device)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         try:
