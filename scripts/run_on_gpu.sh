@@ -3,7 +3,8 @@
 # the machine has it (these models use a sliver of an H100: with MPS their kernels share the GPU
 # instead of taking turns; 8 QM9 runs went 5x faster together than one after another).
 #   scripts/run_on_gpu.sh [--tables "imdb qm9"] [--seeds "0 1 2"] [--jobs 16] [--deadline 560] [--results runs]
-#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--compile REGEX] [--populations [--solo REGEX]]
+#                         [--first REGEX] [--sm_limit REGEX=PERCENT] [--compile REGEX]
+#                         [--populations [--solo REGEX] [--apart REGEX]]
 # --tables: of modular_ema modular_ma mnist imdb qm9 (default all five); --seeds, --results: as for
 #   scripts/reproduce_<table>.sh (default results folder runs/, git-ignored; --results results writes
 #   the committed one); --jobs: runs at once (default 16); --deadline: seconds until running runs are
@@ -25,6 +26,8 @@
 # --solo: with --populations, runs whose command matches stay solo processes (say 'wd_ma\.yaml' for those
 #   controls; its one H200 sitting was lost unfinished, and by its pace IMDb would then have set it:
 #   results/sittings/20261202T2115Z_populations_solo_controls.md). Default: none.
+# --apart: with --populations, runs whose command matches stack only among themselves (say 'wd_ma\.yaml': the
+#   three controls as one population of their own, whose step does only their work). Default: none.
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -35,7 +38,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; COMPILE=""; POPULATIONS=0; SOLO=""
+FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; COMPILE=""; POPULATIONS=0; SOLO=""; APART=""
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --compile) needs_value "$1" $#; COMPILE="$2"; shift 2 ;;
     --populations) POPULATIONS=1; shift ;;
     --solo) needs_value "$1" $#; SOLO="$2"; shift 2 ;;
+    --apart) needs_value "$1" $#; APART="$2"; shift 2 ;;
     *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -70,7 +74,8 @@ fi
 commands=$(for t in $TABLES; do scripts/reproduce_$t.sh --print --seeds "$SEEDS" --device cuda --results "$RESULTS"; done \
            | awk '!seen[$0]++')  # the mod-97 baseline belongs to two tables: run it once
 if [ "$POPULATIONS" = 1 ]; then
-  commands=$("${PYTHON:-python3}" scripts/stack_commands.py --dir "$RESULTS/populations" --keep_solo "$SOLO" <<<"$commands")
+  commands=$("${PYTHON:-python3}" scripts/stack_commands.py --dir "$RESULTS/populations" --keep_solo "$SOLO" \
+             --apart "$APART" <<<"$commands")
 fi
 mps=0; started_mps=0  # an MPS daemon already running (another sitting's) is used, and left to its owner
 if command -v nvidia-cuda-mps-control >/dev/null; then

@@ -11,7 +11,8 @@ label, the same resume step; at most --max_group) become one `--population` comm
 writes its solo run's folder (<results_dir>/<task>/<run name>), so summarize.py and plot_runs.py read the
 result unchanged. The population files go to --dir (default: <results_dir>/populations of the first
 member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group, lines
-matching --keep_solo) are passed through as they came; a run listed twice is kept once. Output lines keep the input's order.
+matching --keep_solo) are passed through as they came; a run listed twice is kept once. Lines matching --apart
+stack only among themselves. Output lines keep the input's order.
 """
 import argparse
 import re
@@ -46,8 +47,9 @@ def as_member(line: str) -> tuple[Member, Path] | None:
 
 
 def stack(lines: list[str], max_group: int, files_dir: Path | None = None,
-          keep_solo: re.Pattern | None = None) -> list[str]:
-    by_folder, first_line, out = {}, {}, {}  # members whose folders share a parent may share a population
+          keep_solo: re.Pattern | None = None, apart: re.Pattern | None = None) -> list[str]:
+    # members whose folders share a parent (and that --apart does not set apart) may share a population
+    by_folder, first_line, out = {}, {}, {}
     for i, line in enumerate(lines):
         found = None if keep_solo and keep_solo.search(line) else as_member(line)
         if found is None:
@@ -56,9 +58,9 @@ def stack(lines: list[str], max_group: int, files_dir: Path | None = None,
         member, parent = found
         if (parent, member.name) in first_line:
             continue  # the same run again (a baseline two tables share): once is enough
-        by_folder.setdefault(parent, []).append(member)
+        by_folder.setdefault((parent, bool(apart and apart.search(line))), []).append(member)
         first_line[(parent, member.name)] = i
-    for folder, group_members in by_folder.items():
+    for (folder, _), group_members in by_folder.items():
         for group in pack(group_members, max_group, steps=resume_steps(folder, group_members)):
             first = first_line[(folder, group.members[0].name)]
             if len(group.members) == 1:
@@ -81,13 +83,19 @@ def main(argv=None) -> int:
     parser.add_argument("--keep_solo", default="", metavar="REGEX",
                         help="lines matching it stay solo runs: a population's step does all its members' work, "
                              "so a run much longer than the others finishes later inside one")
+    parser.add_argument("--apart", default="", metavar="REGEX",
+                        help="lines matching it stack only among themselves: long runs in a population of their "
+                             "own, whose step does only their work")
     args = parser.parse_args(argv)
-    try:
-        keep_solo = re.compile(args.keep_solo) if args.keep_solo else None
-    except re.error as exc:
-        parser.error(f"--keep_solo {args.keep_solo!r}: {exc}")
+    patterns = {}
+    for option in ("keep_solo", "apart"):
+        text = getattr(args, option)
+        try:
+            patterns[option] = re.compile(text) if text else None
+        except re.error as exc:
+            parser.error(f"--{option} {text!r}: {exc}")
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    print("\n".join(stack(lines, args.max_group, args.dir, keep_solo)))
+    print("\n".join(stack(lines, args.max_group, args.dir, patterns["keep_solo"], patterns["apart"])))
     return 0
 
 

@@ -7,7 +7,7 @@ import torch
 
 from repro.population import Population
 from repro.tasks.modular import ModularConfig, ModularTask
-from repro.tasks.modular_stacked import stacked_decoder_logits
+from repro.tasks.modular_stacked import _MemberProduct, row_chunks, stacked_decoder_logits
 
 CPU = torch.device("cpu")
 SMALL = dict(p=23, dim=32, num_heads=2, batch_size=64)
@@ -56,3 +56,25 @@ def test_native_losses_gradients_and_evaluation_match_solo_and_vmap():
         for i, solo in enumerate(solo_eval):
             for key, value in solo.items():
                 torch.testing.assert_close(evaluation[key][i], value, rtol=1e-5, atol=1e-6)
+
+
+def test_row_chunks_cut_few_members_reductions_only():
+    assert row_chunks(1, 2048) == 16 and row_chunks(3, 2048) == 16 and row_chunks(9, 2048) == 4
+    assert row_chunks(3, 512) == 4 and row_chunks(3, 192) == 1 and row_chunks(64, 2048) == 1
+    assert row_chunks(3, 2049) == 1 and row_chunks(3, 2176) == 16  # chunks divide the rows: 17 x 128 in 16
+
+
+def test_member_product_gradients_are_the_plain_batched_matmuls():
+    """The chunked weight gradient is rows[m].T @ grad[m] summed in another order: equal in float64."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(3, 1024, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    weight = torch.randn(3, 24, 16, dtype=torch.float64, generator=generator, requires_grad=True)
+    upstream = torch.randn(3, 1024, 24, dtype=torch.float64, generator=generator)
+    assert row_chunks(3, 1024) == 8
+    out = _MemberProduct.apply(rows, weight)
+    grads = torch.autograd.grad(out, (rows, weight), upstream)
+    plain = torch.bmm(rows, weight.transpose(1, 2))
+    expected = torch.autograd.grad(plain, (rows, weight), upstream)
+    torch.testing.assert_close(out, plain, rtol=0, atol=0)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

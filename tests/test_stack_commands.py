@@ -63,3 +63,13 @@ def test_keep_solo_leaves_matching_runs_out_of_the_populations(tmp_path):
     bad = subprocess.run([sys.executable, "scripts/stack_commands.py", "--keep_solo", "("], cwd=REPO, input="",
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--keep_solo" in bad.stderr
+
+
+def test_apart_stacks_matching_runs_in_populations_of_their_own(tmp_path):
+    lines = table_commands(tmp_path).splitlines()
+    stacked = run([sys.executable, "scripts/stack_commands.py", "--apart", r"wd_ema\.yaml"], "\n".join(lines))
+    out = stacked.splitlines()
+    assert len(out) == 2 and all("--population" in line for line in out)
+    listings = [Path(line.split("--population ")[1].split()[0]).read_text() for line in out]
+    assert sorted(text.count("out_dir") for text in listings) == [2, 4]  # the two controls; the other four
+    assert "wd_ema" in min(listings, key=len) and "wd_ema" not in max(listings, key=len)

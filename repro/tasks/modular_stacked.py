@@ -23,6 +23,48 @@ def _column(v: torch.Tensor, ndim: int) -> torch.Tensor:
     return v.view(v.shape[0], *([1] * (ndim - 2)), v.shape[-1])
 
 
+def row_chunks(members: int, rows: int) -> int:
+    """How many chunks a weight gradient's reduction over `rows` is cut into (see _MemberProduct): the
+    most, a power of two dividing `rows`, with at most 64 products in the batch and 128 rows in each; 1 for
+    large populations, whose batch already fills the GPU."""
+    chunks = 1
+    while members * chunks * 2 <= 64 and rows % (chunks * 2) == 0 and rows // (chunks * 2) >= 128:
+        chunks *= 2
+    return chunks
+
+
+class _MemberProduct(torch.autograd.Function):
+    """rows [M, T, in] @ weight[m].T for every member m, by one batched matmul; the weight's gradient
+    (rows[m].T @ grad[m], a reduction over the T rows) is summed over chunks of the rows.
+
+    cuBLAS's batched GEMM does not split a reduction: for a few members each [out, in] gradient tile
+    walks all T rows (mod-97: 2,048) alone, and on an H200 those products took 44 µs each at 3 members,
+    over a third of the step, where a solo run's split-K GEMM takes a few. As M x chunks products of
+    T / chunks rows it is the same sum in another order (float rounding)."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.dtypes = rows.dtype, weight.dtype
+        device = rows.device.type
+        if torch.is_autocast_enabled(device):  # the casts autocast's bmm would make, kept for backward
+            dtype = torch.get_autocast_dtype(device)
+            rows, weight = rows.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(rows, weight)
+        return torch.bmm(rows, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weight = ctx.saved_tensors
+        rows_dtype, weight_dtype = ctx.dtypes
+        m, t, n_in = rows.shape
+        chunks = row_chunks(m, t)
+        grad = grad.to(rows.dtype)
+        grad_rows = torch.bmm(grad, weight).to(rows_dtype) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.reshape(m * chunks, t // chunks, -1).transpose(1, 2),
+                                rows.reshape(m * chunks, t // chunks, n_in))
+        return grad_rows, grad_weight.view(m, chunks, -1, n_in).sum(1, dtype=weight_dtype)
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x [M, ..., in] @ weight[m].T + bias[m] for every member m (nn.Linear per member).
 
@@ -30,7 +72,7 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = N
     into its whole output (a pass over the activations), where torch.compile fuses a separate add into
     the next elementwise kernel; the same sum, to float rounding."""
     rows = x.reshape(x.shape[0], -1, x.shape[-1])
-    out = torch.bmm(rows, weight.transpose(1, 2))
+    out = _MemberProduct.apply(rows, weight)
     if bias is not None:
         out = out + bias[:, None, :]
     return out.view(*x.shape[:-1], weight.shape[1])
