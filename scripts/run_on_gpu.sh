@@ -11,23 +11,23 @@
 #   interrupted with a checkpoint (a re-run resumes them; default 0, none).
 # Under MPS, two settings measured on an H100 with all 42 table runs at once (results/bench/sitting_probes/):
 # --first: runs whose command matches keep normal MPS priority, all others run below it, so the
-#   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each, or with --populations the
-#   mod-97 populations, which hold them) are not the last ones left: 3.4 instead of 9.5 ms per step in
-#   the crowd, the others about as fast. They also start first. "" turns it off.
+#   longest runs (default: the mod-97 wd-0.01 controls, 300,000 steps each; with --populations their
+#   population and IMDb's runs) are not the last ones left: 3.4 instead of 9.5 ms per step in the crowd,
+#   the others about as fast. They also start first. "" turns it off.
 # --sm_limit: runs whose command matches may use at most PERCENT of the SMs (MPS active thread
 #   percentage); IMDb's LSTM kernels spread wide, and nine IMDb runs at once went 42.5 instead of 58 ms
 #   per step at 25%. "" turns it off.
 # --compile: runs whose command matches get --compile true (torch.compile of the task's loss inside the CUDA
-#   graphs: fewer, fused kernels per step; each run compiles at its start). Default: none.
+#   graphs: fewer, fused kernels per step; each run compiles at its start). Default: none; with
+#   --populations every population ('--population ').
 # --populations: the mod-97 and MNIST runs that can share a population train as one
 #   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
-#   Measured on an H200 it made the 42-run set slower (results/sittings/20261202T185339Z_populations): a
-#   population's step does all its members' work, and the 300,000-step controls inside one set the pace.
-# --solo: with --populations, runs whose command matches stay solo processes (say 'wd_ma\.yaml' for those
-#   controls; its one H200 sitting was lost unfinished, and by its pace IMDb would then have set it:
-#   results/sittings/20261202T2115Z_populations_solo_controls.md). Default: none.
-# --apart: with --populations, runs whose command matches stack only among themselves (say 'wd_ma\.yaml': the
-#   three controls as one population of their own, whose step does only their work). Default: none.
+#   With its defaults (the controls apart, populations compiled, the controls' population and IMDb first)
+#   the 42-run set took 615 s on an H200 instead of 893 s solo
+#   (results/sittings/20261203T091508Z_populations_controls_apart).
+# --solo: with --populations, runs whose command matches stay solo processes. Default: none.
+# --apart: with --populations, runs whose command matches stack only among themselves: a population's step
+#   does all its members' work, so the 300,000-step controls get one of their own (default 'wd_ma\.yaml').
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -38,7 +38,7 @@ needs_value() {  # option, number of arguments left
 }
 # tables with the longest runs first: their runs start first
 TABLES="imdb modular_ma modular_ema qm9 mnist"; SEEDS="0 1 2"; JOBS=16; DEADLINE=0; RESULTS="runs"
-FIRST='wd_ma\.yaml|population_mul97'; SM_LIMIT='main_imdb\.py=25'; COMPILE=""; POPULATIONS=0; SOLO=""; APART=""
+FIRST=default; SM_LIMIT='main_imdb\.py=25'; COMPILE=default; POPULATIONS=0; SOLO=""; APART=default
 while [ $# -gt 0 ]; do
   case "$1" in
     -h|--help) usage; exit 0 ;;
@@ -56,6 +56,15 @@ while [ $# -gt 0 ]; do
     *) echo "run_on_gpu.sh: unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+if [ "$POPULATIONS" = 1 ]; then  # the layout measured fastest (see --populations)
+  [ "$FIRST" != default ] || FIRST='wd_ma|main_imdb\.py'
+  [ "$COMPILE" != default ] || COMPILE='--population '
+  [ "$APART" != default ] || APART='wd_ma\.yaml'
+else
+  [ "$FIRST" != default ] || FIRST='wd_ma\.yaml'
+  [ "$COMPILE" != default ] || COMPILE=""
+  [ "$APART" = default ] || { echo "run_on_gpu.sh: --apart needs --populations" >&2; exit 2; }
+fi
 for t in $TABLES; do
   if [ ! -f "scripts/reproduce_$t.sh" ]; then
     echo "run_on_gpu.sh: no table '$t' (tables: modular_ema modular_ma mnist imdb qm9)" >&2; exit 2

@@ -38,21 +38,23 @@ def test_a_sitting_with_qm9_stops_before_it_starts_without_rdkit_and_its_metadat
 @pytest.mark.parametrize("populations", [False, True])
 def test_failed_runs_still_leave_the_sitting_record_and_exit_1(tmp_path, populations):
     # without a GPU every run stops at start (device cuda): a sitting that lost its runs must say so;
-    # with --populations each table's three runs are one population command, the mod-97 one (the kind that
-    # holds the longest runs) started first
+    # with --populations (and its defaults) each row's two seeds are one compiled population (MNIST's six
+    # runs one), the wd 0.01 controls' set apart and started first
     results = tmp_path / "results"
-    tables = "mnist modular_ema" if populations else "mnist"
-    result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", tables, "--seeds", "0", "--results",
+    tables, seeds = ("mnist modular_ma", "0 1") if populations else ("mnist", "0")
+    result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", tables, "--seeds", seeds, "--results",
                              str(results), *(["--populations"] if populations else [])], cwd=REPO,
                             capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHON": sys.executable})
     assert result.returncode == 1, result.stdout + result.stderr
-    assert ("0 ok, 2 failed" if populations else "0 ok, 3 failed") in result.stdout
+    assert ("0 ok, 4 failed" if populations else "0 ok, 3 failed") in result.stdout
     records = list((results / "sittings").glob("*.json"))
     assert len(records) == 1
     record = json.loads(records[0].read_text())
     assert record["populations"] is populations
     if populations:
-        assert "population_mul97" in record["runs"][0] and "population_mnist" in record["runs"][1]
+        names = [run.split("populations/population_")[1].split(".yaml")[0] for run in record["runs"]]
+        assert names[0].endswith("_wd_ma_s0") and sorted(name[:5] for name in names) == ["mnist"] + ["mul97"] * 3
+        assert all(run.endswith(" --compile true") for run in record["runs"])
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the runs would train on this GPU")
@@ -65,3 +67,10 @@ def test_compile_adds_the_flag_to_the_matching_runs_only(tmp_path):
     [record] = [json.loads(p.read_text()) for p in (results / "sittings").glob("*.json")]
     compiled = [run for run in record["runs"] if run.endswith(" --compile true")]
     assert len(record["runs"]) == 6 and len(compiled) == 1 and "wd_ema.yaml" in compiled[0]
+
+
+def test_apart_without_populations_is_refused_before_anything_runs(tmp_path):
+    result = subprocess.run(["bash", "scripts/run_on_gpu.sh", "--tables", "mnist", "--apart", "wd", "--results",
+                             str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--apart needs --populations" in result.stderr
+    assert not any(tmp_path.iterdir())
