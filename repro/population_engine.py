@@ -159,6 +159,21 @@ class PopulationStep:
         return self.task.evaluate(step) if key is None else self.graphed_eval(step, key)
 
 
+def rows_to_keep(done: list[bool], compiled: bool) -> list[int] | None:
+    """The stack's rows to keep once members have stopped, or None to keep them all.
+
+    A population computes every row it holds (a stopped member's, masked, too), so a sweep whose members
+    stop at different times would pay for each until its last member stops. The stack drops its stopped
+    members once that at least halves it, which bounds the re-captures (and, compiled, the recompilations
+    for a new member count) to log2(members). A compiled stack keeps two rows rather than one (a stopped
+    member stays, masked): torch.compile specialises a dimension of size 1 and would compile everything
+    again, which took 18-78 s in a busy sitting; two reuse what a first shrink compiled, shapes generic."""
+    keep = [i for i, stopped in enumerate(done) if not stopped]
+    if compiled and len(keep) == 1 and len(done) > 1:
+        keep = sorted(keep + [done.index(True)])
+    return keep if 2 * len(keep) <= len(done) else None
+
+
 class PopulationTrainer(Trainer):
     """Trainer's loop over a population; `members` holds each member's folder and stop, in the order of
     the population's rows; `closed` the members dropped from the stack (see _compact)."""
@@ -307,20 +322,18 @@ class PopulationTrainer(Trainer):
             self._compact()
 
     def _compact(self) -> None:
-        """Drop the stopped members from the stack once they are half of it or more. A population computes
-        every row it holds (a stopped member's, masked, too), so a sweep whose members stop at different
-        times would pay for each until its last member stops; halving bounds the re-captures (and, with
-        --compile, recompilations) to log2(members)."""
-        live = [i for i, m in enumerate(self.members) if not m.done]
-        if 2 * len(live) > len(self.members):
+        """Drop the stopped members from the stack when rows_to_keep says so."""
+        keep = rows_to_keep([m.done for m in self.members], self.cfg.compile)
+        if keep is None:
             return
         sums = self._train_sums()  # [members, k]: the batches since the last evaluation
-        self.runner.keep_(live)
-        self.window_sums = [] if sums is None else [sums[live]]
-        self.closed += [m for m in self.members if m.done]
-        print(f"step {self.step}: {len(self.members) - len(live)} stopped members leave the stack, "
-              f"{len(live)} train on", flush=True)
-        self.members = [self.members[i] for i in live]
+        self.runner.keep_(keep)
+        self.window_sums = [] if sums is None else [sums[keep]]
+        self.closed += [m for i, m in enumerate(self.members) if i not in keep]
+        live = sum(not self.members[i].done for i in keep)
+        print(f"step {self.step}: {len(self.members) - len(keep)} stopped members leave the stack, "
+              f"{live} train on", flush=True)
+        self.members = [self.members[i] for i in keep]
 
     def _close(self, indices: list[int]) -> None:
         """Members that stop now: frozen in the population, checkpointed unless they diverged, their

@@ -169,26 +169,32 @@ def yaml_amp(folder: Path) -> str:
     return yaml.safe_load((folder / "config.yaml").read_text())["amp"]
 
 
-def test_stopped_members_leave_the_stack_and_the_others_follow_their_solo_runs(tmp_path):
-    """Members 0 and 1 (lr 0.01) early-stop on p = 11 (10% validation accuracy), member 2 (lr 1e-6) trains on:
-    once two of three have stopped the population drops them (one row left), and every member logs its solo
-    run's metrics."""
+@pytest.mark.parametrize("as_compiled", [False, True])
+def test_stopped_members_leave_the_stack_and_the_others_follow_their_solo_runs(tmp_path, monkeypatch, as_compiled):
+    """Members 0-2 (lr 0.01) early-stop on p = 11 (10% validation accuracy), member 3 (lr 1e-6) trains on:
+    the population drops the stopped ones (one row left; two as a compiled population keeps them, one
+    stopped and masked, torch.compile itself left out for speed), and every member logs its solo run's
+    metrics."""
+    from repro import population_engine
     from repro.config import load_config
     from repro.cli import population_configs
-    from repro.population_engine import PopulationTrainer
+    from repro.population_engine import PopulationTrainer, rows_to_keep
+    if as_compiled:
+        monkeypatch.setattr(population_engine, "rows_to_keep", lambda done, compiled: rows_to_keep(done, True))
 
     flags = [*SMALL, "--p", "11", "--batch_size", "32", "--budget", "600", "--lr", "0.01", "--warmup_steps", "0",
              "--early_stop_acc", "0.1", "--early_stop_patience", "1", "--log_every_evals", "1",
              "--results_dir", str(tmp_path / "pop")]
-    members = [{"seed": 0}, {"seed": 1}, {"seed": 0, "lr": 1e-6}]
+    members = [{"seed": 0}, {"seed": 1}, {"seed": 3}, {"seed": 0, "lr": 1e-6}]
     trainer = PopulationTrainer(population_configs(load_config(ModularConfig, flags), members), ModularTask)
     trainer.run()
-    assert trainer.population.size == 1 and len(trainer.closed) == 2
-    assert trainer.runner.optimizer.state["exp_avg"].shape[0] == trainer.runner.filter.state["ema"].shape[0] == 1
+    rows = 2 if as_compiled else 1
+    assert trainer.population.size == rows and len(trainer.closed) == 4 - rows
+    assert trainer.runner.optimizer.state["exp_avg"].shape[0] == trainer.runner.filter.state["ema"].shape[0] == rows
     folders = member_folders(tmp_path / "pop", "modular")
     summaries = [json.loads((f / "summary.json").read_text()) for f in folders]
-    assert sorted(s["stopped"].split(":")[0] for s in summaries) == ["budget", "early_stop", "early_stop"]
-    assert all(s["population_size"] == 3 for s in summaries)
+    assert sorted(s["stopped"].split(":")[0] for s in summaries) == ["budget"] + ["early_stop"] * 3
+    assert all(s["population_size"] == 4 for s in summaries)
     for member in members:
         solo = [*flags[:-2], *(f"--{k}={v}" for k, v in member.items()), "--results_dir", str(tmp_path / "solo")]
         assert run(ModularConfig, ModularTask, "", solo) == 0
@@ -216,3 +222,13 @@ def test_tf32_is_the_runs_setting_both_ways(tmp_path, population):
                 assert yaml.safe_load((folder / "config.yaml").read_text())["tf32"] is on
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_rows_to_keep_halves_the_stack_and_a_compiled_one_never_to_a_single_row():
+    from repro.population_engine import rows_to_keep
+    assert rows_to_keep([False, True, False], compiled=False) is None  # 2 of 3 live: not halved
+    assert rows_to_keep([True, False, True, True], compiled=False) == [1]
+    assert rows_to_keep([True, False, True, True], compiled=True) == [0, 1]  # a stopped row stays, masked
+    assert rows_to_keep([True, False, True], compiled=True) is None  # keeping 2 of 3 halves nothing
+    assert rows_to_keep([True] * 6 + [False] * 3, compiled=True) == [6, 7, 8]
+    assert rows_to_keep([True, True], compiled=False) == []  # every member stopped (the loop ends there)
