@@ -76,26 +76,27 @@ def stack(lines: list[str], max_group: int, files_dir: Path | None = None,
     return [out[i] for i in sorted(out)]
 
 
+def pattern(text: str) -> re.Pattern | None:
+    """A REGEX option's value: compiled, or None for "" (the option off)."""
+    try:
+        return re.compile(text) if text else None
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max_group", type=int, default=64, help="members per population at most (default 64)")
     parser.add_argument("--dir", type=Path, default=None, help="folder for the population files")
-    parser.add_argument("--keep_solo", default="", metavar="REGEX",
+    parser.add_argument("--keep_solo", type=pattern, default="", metavar="REGEX",
                         help="lines matching it stay solo runs: a population's step does all its members' work, "
                              "so a run much longer than the others finishes later inside one")
-    parser.add_argument("--apart", default="", metavar="REGEX",
+    parser.add_argument("--apart", type=pattern, default="", metavar="REGEX",
                         help="lines matching it stack only among themselves: long runs in a population of their "
                              "own, whose step does only their work")
     args = parser.parse_args(argv)
-    patterns = {}
-    for option in ("keep_solo", "apart"):
-        text = getattr(args, option)
-        try:
-            patterns[option] = re.compile(text) if text else None
-        except re.error as exc:
-            parser.error(f"--{option} {text!r}: {exc}")
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
-    print("\n".join(stack(lines, args.max_group, args.dir, patterns["keep_solo"], patterns["apart"])))
+    print("\n".join(stack(lines, args.max_group, args.dir, args.keep_solo, args.apart)))
     return 0
 
 
