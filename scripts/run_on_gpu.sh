@@ -26,8 +26,11 @@
 #   the 42-run set took 615 s on an H200 instead of 893 s solo
 #   (results/sittings/20261203T091508Z_populations_controls_apart).
 # --solo: with --populations, runs whose command matches stay solo processes. Default: none.
-# --apart: with --populations, runs whose command matches stack only among themselves: a population's step
-#   does all its members' work, so the 300,000-step controls get one of their own (default 'wd_ma\.yaml').
+# --apart: with --populations, runs whose command matches stack only with those whose match is the same text:
+#   a population's step does all its members' work, so the 300,000-step controls get one of their own; and
+#   as runs of one length stop at about the same time, the mod-97 baselines (~80,000 steps) and Grokfast-EMA
+#   runs (~2,000) each get one too, which never shrinks and so never compiles again
+#   (default 'wd_ma\.yaml|modular/(baseline|ema)\.yaml').
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
@@ -59,7 +62,7 @@ done
 if [ "$POPULATIONS" = 1 ]; then  # the layout measured fastest (see --populations)
   [ "$FIRST" != default ] || FIRST='wd_ma|main_imdb\.py'
   [ "$COMPILE" != default ] || COMPILE='--population '
-  [ "$APART" != default ] || APART='wd_ma\.yaml'
+  [ "$APART" != default ] || APART='wd_ma\.yaml|modular/(baseline|ema)\.yaml'
 else
   [ "$FIRST" != default ] || FIRST='wd_ma\.yaml'
   [ "$COMPILE" != default ] || COMPILE=""

@@ -12,7 +12,8 @@ writes its solo run's folder (<results_dir>/<task>/<run name>), so summarize.py 
 result unchanged. The population files go to --dir (default: <results_dir>/populations of the first
 member). Other lines (IMDb, QM9, env-prefixed or unparsable commands, a run alone in its group, lines
 matching --keep_solo) are passed through as they came; a run listed twice is kept once. Lines matching --apart
-stack only among themselves. Output lines keep the input's order.
+stack only with lines whose match is the same text: `--apart 'wd_ma\.yaml|baseline\.yaml'` sets apart two
+groups. Output lines keep the input's order.
 """
 import argparse
 import re
@@ -58,7 +59,8 @@ def stack(lines: list[str], max_group: int, files_dir: Path | None = None,
         member, parent = found
         if (parent, member.name) in first_line:
             continue  # the same run again (a baseline two tables share): once is enough
-        by_folder.setdefault((parent, bool(apart and apart.search(line))), []).append(member)
+        match = apart.search(line) if apart else None
+        by_folder.setdefault((parent, match and match.group(0)), []).append(member)
         first_line[(parent, member.name)] = i
     for (folder, _), group_members in by_folder.items():
         for group in pack(group_members, max_group, steps=resume_steps(folder, group_members)):
@@ -92,8 +94,8 @@ def main(argv=None) -> int:
                         help="lines matching it stay solo runs: a population's step does all its members' work, "
                              "so a run much longer than the others finishes later inside one")
     parser.add_argument("--apart", type=pattern, default="", metavar="REGEX",
-                        help="lines matching it stack only among themselves: long runs in a population of their "
-                             "own, whose step does only their work")
+                        help="lines matching it stack only with lines whose match is the same text: long runs in "
+                             "a population of their own, whose step does only their work ('a|b': two such groups)")
     args = parser.parse_args(argv)
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
     print("\n".join(stack(lines, args.max_group, args.dir, args.keep_solo, args.apart)))

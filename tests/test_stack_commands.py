@@ -73,3 +73,15 @@ def test_apart_stacks_matching_runs_in_populations_of_their_own(tmp_path):
     listings = [Path(line.split("--population ")[1].split()[0]).read_text() for line in out]
     assert sorted(text.count("out_dir") for text in listings) == [2, 4]  # the two controls; the other four
     assert "wd_ema" in min(listings, key=len) and "wd_ema" not in max(listings, key=len)
+
+
+def test_apart_sets_apart_one_group_per_matched_text(tmp_path):
+    lines = table_commands(tmp_path).splitlines()
+    stacked = run([sys.executable, "scripts/stack_commands.py", "--apart", r"wd_ema\.yaml|baseline\.yaml"],
+                  "\n".join(lines))
+    out = stacked.splitlines()
+    assert len(out) == 3 and all("--population" in line for line in out)
+    listings = [Path(line.split("--population ")[1].split()[0]).read_text() for line in out]
+    assert [text.count("out_dir") for text in listings] == [2, 2, 2]
+    for config in ("wd_ema", "baseline"):  # each set-apart group alone in its population
+        assert sum(config in text for text in listings) == 1
