@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Solo run commands in (one per line), the same runs out, those that can train together as populations.
+r"""Solo run commands in (one per line), the same runs out, those that can train together as populations.
 
     scripts/reproduce_modular_ema.sh --print --device cuda | python3 scripts/stack_commands.py | \\
         python3 scripts/run_commands.py --jobs 8

@@ -412,8 +412,13 @@ def table_markdown(tid: str, spec: dict, rows: dict, cols: list[Column], thresho
                 values.append(("> " if value is not None and not reached else "") + fmt(value, col.integer))
             stopped = run["summary"].get("stopped", "?")
             stopped = "early stop" if stopped.startswith("early_stop") else stopped
-            lines.append("| " + " | ".join([row["name"], run_link(run, out_dir)] + values + [stopped]) + " |")
+            size = run["summary"].get("population_size", 1)
+            link = run_link(run, out_dir) + (f" (population of {size})" if size > 1 else "")
+            lines.append("| " + " | ".join([row["name"], link] + values + [stopped]) + " |")
     lines.append("")
+    if any(r["summary"].get("population_size", 1) > 1 for runs in rows.values() for r in runs):
+        lines += [para("A run trained in a population shares one process and one step with its members: its "
+                       "peak GPU memory, ms per iteration and wall times are the population's, not its own."), ""]
     cut = [f"{spec['rows'][label]['name']} s{r['summary']['seed']} ({r['summary']['stopped']})"
            for label in spec["rows"] for r in rows[label] if not finished(r)]
     if cut:

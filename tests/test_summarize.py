@@ -47,6 +47,7 @@ def test_tables_show_mean_std_per_seed_and_missing_rows(results):
     expected = f"{statistics.mean(accs):.{places}f} ± {statistics.stdev(accs):.{places}f} (n=2)"
     assert expected in next(line for line in table if "Grokfast-EMA" in line)
     assert "paper: 910" in text and (results / "figures" / "modular_ema.png").exists()
+    assert "(population of" not in text and "the population's" not in text  # solo runs
     # one line per run, linked to its folder
     for s in summaries(results, "grokfast_ema"):
         assert f"[s{s['seed']}](modular/{s['run']})" in text
@@ -182,3 +183,15 @@ def test_overview_is_one_small_table_between_its_markers(results, tmp_path):
     assert text.startswith("top\n") and text.endswith("bottom\n") and "\nold\n" not in text
     table = [line for line in text.splitlines() if line.startswith("| Table")]
     assert table and all(line.count("|") == 6 for line in table)
+
+
+def test_population_members_are_marked_and_their_shared_timings_said(tmp_path):
+    import subprocess
+    result = subprocess.run([sys.executable, "main.py", "--config", "configs/modular/ema.yaml", "--label",
+                             "grokfast_ema", "--seeds", "0", "1", "--budget", "20", "--results_dir", str(tmp_path),
+                             *SMALL], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert summarize.main(["--results", str(tmp_path), "--tables", "modular_ema"]) == 0
+    text = " ".join((tmp_path / "README.md").read_text().split())
+    assert text.count("(population of 2)") == 2  # each member's line
+    assert "its peak GPU memory, ms per iteration and wall times are the population's" in text
