@@ -22,9 +22,9 @@
 #   --populations every population ('--population ').
 # --populations: the mod-97 and MNIST runs that can share a population train as one
 #   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
-#   With its defaults (the controls apart, populations compiled, the controls' population and IMDb first)
-#   the 42-run set took 615 s on an H200 instead of 893 s solo
-#   (results/sittings/20261203T091508Z_populations_controls_apart).
+#   With its defaults (mod-97 as five populations of 3, populations compiled, the controls' population and
+#   IMDb first) the 42-run set took 653 s on a fresh H200 instead of 893 s solo
+#   (results/sittings/20261203T110629Z_populations).
 # --solo: with --populations, runs whose command matches stay solo processes. Default: none.
 # --apart: with --populations, runs whose command matches stack only with those whose match is the same text:
 #   a population's step does all its members' work, so the 300,000-step controls get one of their own; and
