@@ -471,8 +471,9 @@ def sittings_markdown(results: Path, runs: list[dict]) -> str:
     return para(f"**GPU time.** Sittings (`{results.name}/sittings/`, made by `scripts/run_on_gpu.sh`, up to {jobs} "
             "runs at once under CUDA MPS): " + "; ".join(parts) + ". "
             "The runs shared the GPU, so their per-step latencies and wall times to a threshold are those of a "
-            "crowded GPU, not of a run alone: `results/bench/` has each task alone on an H100 "
-            "(`probe_h100.txt`; mod-97: the run folders in `solo_h100_modular/`).") + "\n"
+            "crowded GPU, not of a run alone: `results/bench/` has the set's parts alone on an H200 "
+            "(`set_parts_h200/`, `pair_h200/`) and each task alone on an H100 (`probe_h100.txt`; mod-97: the run "
+            "folders in `solo_h100_modular/`).") + "\n"
 
 
 def unplaced_markdown(unplaced: list[tuple[dict, str]], out_dir: Path) -> str:
