@@ -27,9 +27,9 @@
 #   (results/sittings/20261203T110629Z_populations).
 # --solo: with --populations, runs whose command matches stay solo processes. Default: none.
 # --apart: with --populations, runs whose command matches stack only with those whose match is the same text:
-#   a population's step does all its members' work, so the 300,000-step controls get one of their own; and
-#   as runs of one length stop at about the same time, the mod-97 baselines (~80,000 steps) and Grokfast-EMA
-#   runs (~2,000) each get one too, which never shrinks and so never compiles again
+#   a population's step does all its members' work, so the 300,000-step controls get one of their own; the
+#   mod-97 baselines and Grokfast-EMA runs get one each too, so that every mod-97 population has 3 members:
+#   a compiled population of 3 never shrinks (it keeps two rows), so none compiles again mid-sitting
 #   (default 'wd_ma\.yaml|modular/(baseline|ema)\.yaml').
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
