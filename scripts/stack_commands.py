@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 r"""Solo run commands in (one per line), the same runs out, those that can train together as populations.
 
-    scripts/reproduce_modular_ema.sh --print --device cuda | python3 scripts/stack_commands.py | \\
+    scripts/reproduce_modular_ema.sh --print --device cuda | python3 scripts/stack_commands.py | \
         python3 scripts/run_commands.py --jobs 8
 
 A line `python3 main.py ARGS` or `python3 main_mnist.py ARGS` is read as the config it would train
