@@ -23,13 +23,14 @@
 # --populations: the mod-97 and MNIST runs that can share a population train as one
 #   (scripts/stack_commands.py; each member writes its solo run's folder); IMDb and QM9 stay solo runs.
 #   With its defaults (mod-97 as five populations of 3, populations compiled, the controls' population and
-#   IMDb first) the 42-run set took 653 s on a fresh H200 instead of 893 s solo
+#   IMDb first) and --jobs 42 the 42-run set took 653 s on a fresh H200 instead of 893 s solo
 #   (results/sittings/20261203T110629Z_populations).
 # --solo: with --populations, runs whose command matches stay solo processes. Default: none.
 # --apart: with --populations, runs whose command matches stack only with those whose match is the same text:
 #   a population's step does all its members' work, so the 300,000-step controls get one of their own; the
 #   mod-97 baselines and Grokfast-EMA runs get one each too, so that every mod-97 population has 3 members:
-#   a compiled population of 3 never shrinks (it keeps two rows), so none compiles again mid-sitting
+#   a compiled stack shrinks only by halves and never below two rows, so a population of 3 keeps its three
+#   rows and none compiles again mid-sitting
 #   (default 'wd_ma\.yaml|modular/(baseline|ema)\.yaml').
 # Writes RESULTS/sittings/<start time>.json: the tables, the runs, the settings, the wall time, the device.
 set -euo pipefail
