@@ -86,8 +86,11 @@ def local_sweep(tmp_path_factory):
     sweep_dir = root / "results" / "sweeps" / "smoke"
     command = [sys.executable, "scripts/sweep.py", str(path), "--devices", "cpu", "--results_dir",
                str(root / "results"), "--progress", "false"]
+    # as started from a terminal: a background job of a non-interactive shell (pytest run as `... &`) starts
+    # with SIGINT ignored, the runner would inherit that and only its child would see the Ctrl-C
     runner = subprocess.Popen(command, cwd=REPO, start_new_session=True, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(sweep_dir / sweep.members[0].name / "checkpoint.pt", lambda: runner.poll() is None)
     os.killpg(runner.pid, signal.SIGINT)  # as a terminal's Ctrl-C: to the runner and its child
     out, err = runner.communicate(timeout=120)
