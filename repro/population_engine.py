@@ -167,7 +167,7 @@ def rows_to_keep(done: list[bool], compiled: bool) -> list[int] | None:
     members once that at least halves it, which bounds the re-captures (and, compiled, the recompilations
     for a new member count) to log2(members). A compiled stack keeps two rows rather than one (a stopped
     member stays, masked): torch.compile specialises a dimension of size 1 and would compile everything
-    again, which took 18-78 s in a busy sitting; two reuse what a first shrink compiled, shapes generic."""
+    again; two reuse what a first shrink compiled, shapes generic."""
     keep = [i for i, stopped in enumerate(done) if not stopped]
     if compiled and len(keep) == 1 and len(done) > 1:
         keep = sorted(keep + [done.index(True)])

@@ -38,9 +38,9 @@ class _MemberProduct(torch.autograd.Function):
     (rows[m].T @ grad[m], a reduction over the T rows) is summed over chunks of the rows.
 
     cuBLAS's batched GEMM does not split a reduction: for a few members each [out, in] gradient tile
-    walks all T rows (mod-97: 2,048) alone, and on an H200 those products took 44 µs each at 3 members,
-    over a third of the step, where a solo run's split-K GEMM takes a few. As M x chunks products of
-    T / chunks rows it is the same sum in another order (float rounding)."""
+    walks all T rows (mod-97: 2,048) alone, so those products dominate a small population's step where a
+    solo run's split-K GEMM is quick (docs/performance.md). As M x chunks products of T / chunks rows it is
+    the same sum in another order (float rounding)."""
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
