@@ -21,6 +21,11 @@ def table_commands(results: Path) -> str:
                 "--results", str(results), "--", *SMALL])
 
 
+def population_listings(lines: list[str]) -> list[str]:
+    """The member file that each `--population FILE` command line names, read."""
+    return [Path(line.split("--population ")[1].split()[0]).read_text() for line in lines]
+
+
 def test_a_tables_runs_train_as_one_population_into_their_solo_folders(tmp_path):
     solo_lines = table_commands(tmp_path / "solo")
     assert len(solo_lines.splitlines()) == 6  # baseline, grokfast_ema, wd_ema x 2 seeds
@@ -70,7 +75,7 @@ def test_apart_stacks_matching_runs_in_populations_of_their_own(tmp_path):
     stacked = run([sys.executable, "scripts/stack_commands.py", "--apart", r"wd_ema\.yaml"], "\n".join(lines))
     out = stacked.splitlines()
     assert len(out) == 2 and all("--population" in line for line in out)
-    listings = [Path(line.split("--population ")[1].split()[0]).read_text() for line in out]
+    listings = population_listings(out)
     assert sorted(text.count("out_dir") for text in listings) == [2, 4]  # the two controls; the other four
     assert "wd_ema" in min(listings, key=len) and "wd_ema" not in max(listings, key=len)
 
@@ -81,7 +86,7 @@ def test_apart_sets_apart_one_group_per_matched_text(tmp_path):
                   "\n".join(lines))
     out = stacked.splitlines()
     assert len(out) == 3 and all("--population" in line for line in out)
-    listings = [Path(line.split("--population ")[1].split()[0]).read_text() for line in out]
+    listings = population_listings(out)
     assert [text.count("out_dir") for text in listings] == [2, 2, 2]
     for config in ("wd_ema", "baseline"):  # each set-apart group alone in its population
         assert sum(config in text for text in listings) == 1
